@@ -1,0 +1,420 @@
+"""LangBridge: visual tokens built from the LLM's own vocabulary embeddings.
+
+    pixel_values -> vision tower -> selected layer (CLS dropped where the tower has one)
+                 -> LangBridgeProjector: MLP -> coefficients over T shared-vocabulary tokens -> coefficients @ E
+                 -> scattered into the <image> placeholder positions -> causal LLM
+
+`E` is never stored: the projector keeps the T token ids and calls the LLM's input-embedding module on
+them at every forward, so it stays right when that module is sharded (ZeRO-3, FSDP), trained, wrapped by
+PEFT, or swapped for another LLM's (transfer = new ids). Module names follow LLaVA
+(`model.vision_tower`, `model.multi_modal_projector`, `model.language_model`, `lm_head`) so PEFT target
+regexes, TRL and quantization skip lists work unchanged.
+
+This file travels with checkpoints as remote code: it imports only `transformers` and its siblings.
+"""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoModel, GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+
+from .configuration_langbridge import LangBridgeConfig, vocabulary_entry_ids
+
+
+def vocabulary_buffers(vocab_token_ids: list | None, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tensors for the shared vocabulary: one id per token, plus the rows composed from several sub-tokens.
+
+    Returns `(token_ids [T], composed_rows [C], composed_token_ids [C, K] padded with -1)`. For a composed
+    row, `token_ids` holds its first sub-token only; `vocab_embeddings` overwrites that row with the mean.
+    """
+    if vocab_token_ids is None:
+        return torch.zeros(vocab_size, dtype=torch.long), torch.zeros(0, dtype=torch.long), torch.zeros(0, 1, dtype=torch.long)
+    token_ids = torch.tensor([vocabulary_entry_ids(e)[0] for e in vocab_token_ids], dtype=torch.long)
+    composed = [(row, e) for row, e in enumerate(vocab_token_ids) if not isinstance(e, int) and len(e) > 1]
+    width = max((len(ids) for _, ids in composed), default=1)
+    composed_ids = torch.full((len(composed), width), -1, dtype=torch.long)
+    for n, (_, ids) in enumerate(composed):
+        composed_ids[n, : len(ids)] = torch.tensor(ids)
+    composed_rows = torch.tensor([row for row, _ in composed], dtype=torch.long)
+    return token_ids, composed_rows, composed_ids
+
+
+class LangBridgeProjector(nn.Module):
+    """Vision features -> coefficients over the shared vocabulary -> the same mix of the LLM's embeddings.
+
+    `h = Linear(Dv, H) -> act -> Linear(H, H) -> Linear(H, T)`; coefficients are `h` (official code) or
+    `softmax(h)` (the paper's text); the visual token is `coefficients @ E`.
+    """
+
+    def __init__(self, config: LangBridgeConfig):
+        super().__init__()
+        num_feature_layers = 1 if isinstance(config.vision_feature_layer, int) else len(config.vision_feature_layer)
+        hidden = config.projector_hidden_size
+        self.linear_1 = nn.Linear(config.vision_config.hidden_size * num_feature_layers, hidden)
+        self.act = ACT2FN[config.projector_hidden_act]
+        self.linear_2 = nn.Linear(hidden, hidden)
+        self.vocab_proj = nn.Linear(hidden, config.shared_vocab_size)
+        self.coefficient_activation = config.coefficient_activation
+        self.combine_in_float32 = config.combine_in_float32
+        self.has_vocabulary = config.vocab_token_ids is not None
+        token_ids, composed_rows, composed_token_ids = vocabulary_buffers(config.vocab_token_ids, config.shared_vocab_size)
+        self.register_buffer("vocab_token_ids", token_ids, persistent=False)
+        self.register_buffer("composed_rows", composed_rows, persistent=False)
+        self.register_buffer("composed_token_ids", composed_token_ids, persistent=False)
+
+    def set_vocabulary(self, vocab_token_ids: list) -> None:
+        """Point the projector at other token ids (same T): what moving it to another LLM amounts to."""
+        if len(vocab_token_ids) != self.vocab_proj.out_features:
+            raise ValueError(
+                f"The projector has {self.vocab_proj.out_features} vocabulary rows but {len(vocab_token_ids)} ids were given."
+            )
+        device = self.vocab_token_ids.device
+        token_ids, composed_rows, composed_token_ids = vocabulary_buffers(vocab_token_ids, len(vocab_token_ids))
+        self.vocab_token_ids = token_ids.to(device)
+        self.composed_rows = composed_rows.to(device)
+        self.composed_token_ids = composed_token_ids.to(device)
+        self.has_vocabulary = True
+
+    def coefficients(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Per visual token, the weight of each shared-vocabulary token: [..., T]."""
+        hidden = self.linear_2(self.act(self.linear_1(image_features)))
+        logits = self.vocab_proj(hidden)
+        if self.combine_in_float32:
+            logits = logits.float()
+        return logits.softmax(dim=-1) if self.coefficient_activation == "softmax" else logits
+
+    def vocab_embeddings(self, embed_tokens: nn.Module) -> torch.Tensor:
+        """E [T, D], fetched through the LLM's embedding module; composed tokens are their sub-tokens' mean."""
+        if not self.has_vocabulary:
+            raise ValueError(
+                "This LangBridge model has no shared-vocabulary token ids (config.vocab_token_ids is None), so its "
+                "visual tokens cannot be formed. Assemble it with `langbridge compose` or map a vocabulary onto the "
+                "LLM's tokenizer with `langbridge transfer`."
+            )
+        embeddings = embed_tokens(self.vocab_token_ids)
+        if self.composed_rows.numel():
+            present = self.composed_token_ids >= 0
+            pieces = embed_tokens(self.composed_token_ids.clamp(min=0)) * present.unsqueeze(-1).to(embeddings.dtype)
+            means = pieces.sum(dim=1) / present.sum(dim=1, keepdim=True).to(embeddings.dtype)
+            embeddings = embeddings.index_copy(0, self.composed_rows, means)
+        return embeddings
+
+    def forward(self, image_features: torch.Tensor, embed_tokens: nn.Module) -> torch.Tensor:
+        coefficients = self.coefficients(image_features)
+        embeddings = self.vocab_embeddings(embed_tokens)
+        visual_tokens = coefficients @ embeddings.to(coefficients.dtype)
+        return visual_tokens.to(embeddings.dtype)
+
+
+@dataclass
+class LangBridgeModelOutputWithPast(BaseModelOutputWithPast):
+    """Base-model outputs plus `image_hidden_states`, the visual tokens given to the LLM."""
+
+    image_hidden_states: torch.Tensor | None = None
+
+
+@dataclass
+class LangBridgeCausalLMOutputWithPast(ModelOutput):
+    """Causal-LM outputs plus `image_hidden_states`, the visual tokens given to the LLM."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    past_key_values: Cache | None = None
+    hidden_states: tuple[torch.Tensor] | None = None
+    attentions: tuple[torch.Tensor] | None = None
+    image_hidden_states: torch.Tensor | None = None
+
+
+class LangBridgePreTrainedModel(PreTrainedModel):
+    config_class = LangBridgeConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _skip_keys_device_placement = ["past_key_values"]
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        if isinstance(module, LangBridgeProjector):
+            # Non-persistent buffers are not in the checkpoint: rebuild them from the config on every load.
+            buffers = vocabulary_buffers(self.config.vocab_token_ids, self.config.shared_vocab_size)
+            init.copy_(module.vocab_token_ids, buffers[0])
+            init.copy_(module.composed_rows, buffers[1])
+            init.copy_(module.composed_token_ids, buffers[2])
+
+
+class LangBridgeModel(LangBridgePreTrainedModel):
+    """Vision tower, LangBridge projector and LLM backbone, without the LM head (what TRL trains through)."""
+
+    def __init__(self, config: LangBridgeConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        self.multi_modal_projector = LangBridgeProjector(config)
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def get_vision_features(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        """The vision tower's features that feed the projector: [images, patches, Dv * layers]."""
+        layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+        strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
+        layers = [layer] if isinstance(layer, int) else list(layer)
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("return_dict", "output_hidden_states")}
+        outputs = self.vision_tower(pixel_values, output_hidden_states=True, return_dict=True, **kwargs)
+        selected = [outputs.hidden_states[i] for i in layers]
+        if strategy == "default":
+            selected = [hidden[:, 1:] for hidden in selected]
+        return torch.cat(selected, dim=-1)
+
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """Visual tokens per image (`pooler_output`, a list), ready for the placeholder positions.
+
+        `generate` reads this signature and calls it once before the first step, so `pixel_values` stays named.
+        """
+        features = self.get_vision_features(pixel_values, vision_feature_layer, vision_feature_select_strategy, **kwargs)
+        visual_tokens = self.multi_modal_projector(features, self.get_input_embeddings())
+        return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=list(visual_tokens))
+
+    def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
+        """Boolean [batch, seq] mask of the `<image>` placeholder positions."""
+        if input_ids is not None:
+            return input_ids == self.config.image_token_id
+        image_token = torch.tensor(self.config.image_token_id, device=inputs_embeds.device)
+        return (inputs_embeds == self.get_input_embeddings()(image_token)).all(-1)
+
+    def check_placeholders(self, placeholder_mask: torch.Tensor, visual_tokens: list[torch.Tensor]) -> None:
+        """Refuse inputs whose placeholders and images disagree, saying how to build them instead."""
+        n_placeholders = int(placeholder_mask.sum())
+        n_images = len(visual_tokens)
+        n_visual = sum(tokens.shape[0] for tokens in visual_tokens)
+        if n_placeholders == n_visual:
+            return
+        per_image = visual_tokens[0].shape[0] if visual_tokens else 0
+        if n_placeholders == 0:
+            problem = f"{n_images} image(s) were given (pixel_values) but input_ids hold no <image> placeholder"
+        else:
+            problem = (
+                f"input_ids hold {n_placeholders} <image> placeholder tokens (room for {n_placeholders / per_image:g} "
+                f"image(s) of {per_image} tokens) but {n_images} image(s) were given, i.e. {n_visual} visual tokens"
+            )
+        raise ValueError(
+            f"{problem}. Put one <image> in the text per image and build the inputs with the LangBridge processor, "
+            f"which expands each <image> into the {per_image} tokens an image takes (and refuses a truncation that "
+            "would cut them)."
+        )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        **kwargs,
+    ) -> LangBridgeModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+        if pixel_values is not None and mm_encoder_outputs is not None and mm_encoder_outputs.get("image") is not None:
+            raise ValueError("Pass either pixel_values or precomputed mm_encoder_outputs, not both.")
+        if inputs_embeds is None:
+            inputs_embeds = self.get_input_embeddings()(input_ids)
+
+        image_outputs = (mm_encoder_outputs or {}).get("image")
+        if image_outputs is None and pixel_values is not None:
+            image_outputs = self.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+
+        placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
+        image_hidden_states = None
+        if image_outputs is not None:
+            visual_tokens = image_outputs.pooler_output
+            self.check_placeholders(placeholder_mask, visual_tokens)
+            image_hidden_states = torch.cat(visual_tokens, dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
+            inputs_embeds = inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), image_hidden_states)
+        elif placeholder_mask.any() and (past_key_values is None or past_key_values.get_seq_length() == 0):
+            raise ValueError(
+                f"input_ids hold {int(placeholder_mask.sum())} <image> placeholder tokens but no image was given. "
+                "Pass pixel_values from the LangBridge processor, or remove the <image> placeholders for text-only input."
+            )
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        return LangBridgeModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=image_hidden_states,
+        )
+
+
+class LangBridgeForConditionalGeneration(LangBridgePreTrainedModel, GenerationMixin):
+    """LangBridge with the LM head: chat, generation with KV cache, and a loss that skips image and padding."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+
+    def __init__(self, config: LangBridgeConfig):
+        super().__init__(config)
+        self.model = LangBridgeModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm_head
+
+    def set_output_embeddings(self, value):
+        self.lm_head = value
+
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+        return self.model.get_image_features(pixel_values, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        labels: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        **kwargs,
+    ) -> LangBridgeCausalLMOutputWithPast:
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            vision_feature_layer=vision_feature_layer,
+            vision_feature_select_strategy=vision_feature_select_strategy,
+            mm_encoder_outputs=mm_encoder_outputs,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states
+        else:
+            hidden_states = hidden_states[:, logits_to_keep]
+        logits = self.lm_head(hidden_states)
+
+        loss = None
+        if labels is not None:
+            labels = self.mask_untrainable_labels(labels, attention_mask)
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs)
+
+        return LangBridgeCausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            image_hidden_states=outputs.image_hidden_states,
+        )
+
+    def mask_untrainable_labels(self, labels: torch.LongTensor, attention_mask: torch.Tensor | None) -> torch.LongTensor:
+        """Never train on image placeholders or padding, even when labels are a plain copy of input_ids."""
+        untrainable = labels == self.config.image_token_id
+        if attention_mask is not None and attention_mask.shape == labels.shape:
+            untrainable |= attention_mask == 0
+        return labels.masked_fill(untrainable, -100)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if self._auto_class is not None:  # remote code: let AutoModel load the backbone from the folder too
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), "AutoModel": "modeling_langbridge.LangBridgeModel"}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_model_card(self.config, Path(save_directory))
+
+
+def write_model_card(config: LangBridgeConfig, folder: Path) -> None:
+    """A Hub model card (README.md) for a saved folder, unless the folder already has one."""
+    card = folder / "README.md"
+    if card.exists():
+        return
+    sources = (config.language_model_name_or_path, config.vision_model_name_or_path)
+    base_models = [m for m in sources if m and re.fullmatch(r"[\w.-]+/[\w.-]+", m) and not Path(m).exists()]
+    base_model_yaml = "".join(f"\n- {m}" for m in base_models)
+    vision = Path(config.vision_model_name_or_path or config.vision_config.model_type).name
+    language = Path(config.language_model_name_or_path or config.text_config.model_type).name
+    card.write_text(
+        f"""---
+library_name: transformers
+pipeline_tag: image-text-to-text
+tags:
+- langbridge
+- vision-language{chr(10) + "base_model:" + base_model_yaml if base_models else ""}
+---
+
+# LangBridge: {vision} + {language}
+
+A [LangBridge](https://arxiv.org/abs/2503.19404) vision-language model: each visual token is a combination
+of the LLM's own input embeddings over a shared vocabulary of {config.shared_vocab_size} tokens
+(projector hidden size {config.projector_hidden_size}, coefficients: `{config.coefficient_activation}`).
+
+```python
+from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
+
+model = AutoModelForImageTextToText.from_pretrained("{folder.name}", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("{folder.name}", trust_remote_code=True)
+# or
+chat = pipeline("image-text-to-text", model="{folder.name}", trust_remote_code=True)
+```
+
+With the `langbridge-hf` package installed (`import modeling_langbridge`), `trust_remote_code` is not needed.
+""",
+        encoding="utf-8",
+    )
+
+
+__all__ = [
+    "LangBridgeProjector",
+    "LangBridgePreTrainedModel",
+    "LangBridgeModel",
+    "LangBridgeForConditionalGeneration",
+]
