@@ -6,19 +6,22 @@ items, with each image written as `<image>`. Every template here marks assistant
 token that `end_of_turn_token` names, which `langbridge compose` makes the tokenizer's EOS.
 """
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, replace
 
 _RENDER_CONTENT = (
     "{%- macro render(content) -%}"
     "{%- if content is string -%}{{ content }}"
     "{%- else -%}{%- for item in content -%}"
-    "{%- if item['type'] == 'image' -%}<image>\n"
+    "{%- if item['type'] == 'image' -%}{{ '<image>\n' }}"
     "{%- elif item['type'] == 'text' -%}{{ item['text'] }}"
     "{%- endif -%}{%- endfor -%}{%- endif -%}"
     "{%- endmacro -%}"
 )
 
+# `{#DEFAULT_SYSTEM#}` marks where `with_default_system` puts a system turn for conversations without one.
 CHATML = _RENDER_CONTENT + (
+    "{#DEFAULT_SYSTEM#}"
     "{%- for message in messages -%}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
     "{%- if message['role'] == 'assistant' -%}"
@@ -30,6 +33,7 @@ CHATML = _RENDER_CONTENT + (
 
 LLAMA3 = _RENDER_CONTENT + (
     "{{ bos_token or '' }}"
+    "{#DEFAULT_SYSTEM#}"
     "{%- for message in messages -%}"
     "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' }}"
     "{%- if message['role'] == 'assistant' -%}"
@@ -42,15 +46,23 @@ LLAMA3 = _RENDER_CONTENT + (
 # LLaVA-1.5 / Vicuna style, for LLMs without chat tokens: "USER: ... ASSISTANT: ...</s>".
 PLAIN = _RENDER_CONTENT + (
     "{{ bos_token or '' }}"
+    "{#DEFAULT_SYSTEM#}"
     "{%- for message in messages -%}"
     "{%- if message['role'] == 'system' -%}{{ render(message['content']) + '\n' }}"
     "{%- elif message['role'] == 'user' -%}{{ 'USER: ' + render(message['content']) + '\n' }}"
     "{%- elif message['role'] == 'assistant' -%}"
-    "{{ 'ASSISTANT: ' }}{% generation %}{{ render(message['content']) + eos_token }}{% endgeneration %}{{ '\n' }}"
+    "{{ 'ASSISTANT:' }}{% generation %}{{ ' ' + render(message['content']) + eos_token }}{% endgeneration %}{{ '\n' }}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
 )
+
+
+SYSTEM_TURNS = {
+    "chatml": "<|im_start|>system\n{}<|im_end|>\n",
+    "llama3": "<|start_header_id|>system<|end_header_id|>\n\n{}<|eot_id|>",
+    "plain": "{}\n",
+}
 
 
 @dataclass(frozen=True)
@@ -58,6 +70,12 @@ class ChatFormat:
     name: str
     template: str
     end_of_turn_token: str | None  # None: the tokenizer's own EOS
+
+    def with_default_system(self, system: str) -> "ChatFormat":
+        """The same format, opening with `system` when a conversation brings no system message of its own."""
+        turn = json.dumps(SYSTEM_TURNS[self.name].format(system))
+        block = "{%- if not messages or messages[0]['role'] != 'system' -%}{{ " + turn + " }}{%- endif -%}"
+        return replace(self, template=self.template.replace("{#DEFAULT_SYSTEM#}", block))
 
 
 def chat_format_for(tokenizer) -> ChatFormat:

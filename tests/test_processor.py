@@ -86,3 +86,46 @@ def test_a_tokenizer_without_the_image_token_is_refused(parts):
     tokenizer = AutoTokenizer.from_pretrained(parts["qwen2"])
     with pytest.raises(ValueError, match="The tokenizer has no '<image>' token.*langbridge compose"):
         LangBridgeProcessor(image_processor=None, tokenizer=tokenizer, patch_size=8)
+
+
+def dialect_tokenizer(specials, **kwargs):
+    """A byte-level tokenizer whose only special tokens are the given ones."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from modeling_langbridge.tiny import tiny_corpus
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.train_from_iterator(tiny_corpus(100), trainers.BpeTrainer(vocab_size=300, show_progress=False))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend)
+    tokenizer.add_special_tokens({"additional_special_tokens": specials, **kwargs})
+    return tokenizer
+
+
+@pytest.mark.parametrize(
+    ("specials", "kwargs", "system", "expected"),
+    [
+        (["<|im_start|>", "<|im_end|>"], {}, None,
+         "<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\nA star.<|im_end|>\n"),
+        (["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], {"bos_token": "<|begin_of_text|>"}, "Be brief.",
+         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user"
+         "<|end_header_id|>\n\n<image>\nWhat is it?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nA star.<|eot_id|>"),
+        ([], {"bos_token": "<s>", "eos_token": "</s>"}, None, "<s>USER: <image>\nWhat is it?\nASSISTANT: A star.</s>\n"),
+    ],
+    ids=["chatml", "llama3", "plain"],
+)
+def test_each_chat_dialect_renders_exactly(specials, kwargs, system, expected):
+    from modeling_langbridge.compose import prepare_tokenizer
+    from modeling_langbridge.chat_templates import chat_format_for
+
+    tokenizer = dialect_tokenizer(specials, **kwargs)
+    chat = chat_format_for(tokenizer)
+    prepare_tokenizer(tokenizer, chat.with_default_system(system) if system else chat)
+    conversation = [user_turn("What is it?"), {"role": "assistant", "content": "A star."}]
+    assert tokenizer.apply_chat_template(conversation, tokenize=False) == expected
+    out = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    trained = [i for i, m in zip(out["input_ids"], out["assistant_masks"]) if m]
+    reply = " A star." if chat.name == "plain" else "A star."  # plain: "ASSISTANT:" then the reply's own space
+    assert tokenizer.decode(trained) == reply + tokenizer.eos_token
