@@ -5,37 +5,49 @@ Auto classes and `pipeline("image-text-to-text")` load, with the LLM's tokenizer
 vision model's image processor and a chat template in the LLM's dialect.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from .chat_templates import chat_format_for
+from .chat_templates import ChatFormat, chat_format_for
 from .configuration_langbridge import LangBridgeConfig
+from .files import atomic_folder
 from .modeling_langbridge import LangBridgeForConditionalGeneration, LangBridgeProjector
 from .processing_langbridge import LangBridgeProcessor
-from .vocab import SharedVocabulary
+from .vocab import SharedVocabulary, VocabularyMapping
 
 IMAGE_TOKEN = "<image>"
+DEFAULT_MIN_COVERAGE = 0.8
 
 
 @dataclass
 class Composed:
     model: LangBridgeForConditionalGeneration
     processor: LangBridgeProcessor
-    notes: list[str]
+    mapping: VocabularyMapping
+    notes: list[str] = field(default_factory=list)
+
+    def save(self, out: str | Path) -> Path:
+        """Model, processor, tokenizer and remote code in one folder, written whole or not at all."""
+        with atomic_folder(out) as scratch:
+            self.model.save_pretrained(scratch)
+            self.processor.save_pretrained(scratch)
+        return Path(out)
+
+
+def vision_config_of(name_or_path: str):
+    """The vision part's config, also for dual-encoder checkpoints (CLIP, SigLIP repos hold text + vision)."""
+    config = AutoConfig.from_pretrained(name_or_path)
+    return getattr(config, "vision_config", None) or config
 
 
 def load_vision_tower(name_or_path: str, dtype=None):
-    """The vision model alone, also from a dual-encoder checkpoint (CLIP, SigLIP repos hold text + vision).
-
-    The text tower's weights are expected to go unused; a vision weight missing from the checkpoint is not.
-    """
-    config = AutoConfig.from_pretrained(name_or_path)
-    vision_config = getattr(config, "vision_config", None) or config
-    vision_class = AutoModel._model_mapping[type(vision_config)]
+    """The vision model alone. The text tower's weights of a dual encoder go unused; a missing vision weight
+    is an error."""
+    vision_class = AutoModel._model_mapping[type(vision_config_of(name_or_path))]
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
@@ -50,16 +62,13 @@ def load_vision_tower(name_or_path: str, dtype=None):
     return vision_tower
 
 
-def prepare_tokenizer(tokenizer, llm) -> tuple:
-    """Add the image token (growing the LLM's embeddings only if needed), a pad token, and the chat format."""
+def prepare_tokenizer(tokenizer, chat: ChatFormat | None = None) -> tuple[ChatFormat, list[str]]:
+    """Add the image token and a pad token, make the end-of-turn token the EOS, set the chat template."""
     notes = []
     if IMAGE_TOKEN not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]}, replace_extra_special_tokens=False)
         notes.append(f"added {IMAGE_TOKEN} to the tokenizer as id {tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)}")
-    if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
-        llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
-        notes.append(f"grew the LLM's embeddings to {len(tokenizer)} rows")
-    chat = chat_format_for(tokenizer)
+    chat = chat or chat_format_for(tokenizer)
     if chat.end_of_turn_token and tokenizer.eos_token != chat.end_of_turn_token:
         notes.append(f"EOS is now the end-of-turn token {chat.end_of_turn_token} (was {tokenizer.eos_token})")
         tokenizer.eos_token = chat.end_of_turn_token
@@ -69,6 +78,14 @@ def prepare_tokenizer(tokenizer, llm) -> tuple:
     tokenizer.chat_template = chat.template
     notes.append(f"chat template: {chat.name}")
     return chat, notes
+
+
+def fit_embeddings(llm, tokenizer) -> list[str]:
+    """Grow the LLM's embedding table only when the tokenizer outgrew it (Qwen's has spare rows)."""
+    if len(tokenizer) <= llm.get_input_embeddings().num_embeddings:
+        return []
+    llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    return [f"grew the LLM's embeddings to {len(tokenizer)} rows"]
 
 
 def vision_token_layout(vision_tower, image_processor) -> tuple[int, int, int]:
@@ -84,6 +101,17 @@ def vision_token_layout(vision_tower, image_processor) -> tuple[int, int, int]:
     return patch_size, sequence - patches, patches
 
 
+def check_vision_features(vision_config, layer: int | list[int], expected_size: int | None, name: str) -> None:
+    """An adapter's first layer takes vision features of one width; refuse a tower that gives another."""
+    size = vision_config.hidden_size * (1 if isinstance(layer, int) else len(layer))
+    if expected_size is not None and size != expected_size:
+        raise ValueError(
+            f"The adapter takes {expected_size}-wide vision features but {name} gives {size} "
+            f"(hidden_size {vision_config.hidden_size}). Use the vision model the adapter was trained with "
+            "(--vision-model), or train a new adapter for this one."
+        )
+
+
 def compose(
     vision_model: str,
     language_model: str,
@@ -92,40 +120,54 @@ def compose(
     vocab_size: int = 19200,
     vocab: str | Path | SharedVocabulary | None = None,
     coefficients: str = "none",
-    vision_feature_layer: int = -2,
+    combine_in_float32: bool = True,
+    projector_hidden_act: str = "gelu",
+    vision_feature_layer: int | list[int] = -2,
+    vision_feature_select_strategy: str | None = None,
+    expected_vision_feature_size: int | None = None,
+    min_coverage: float = DEFAULT_MIN_COVERAGE,
+    force: bool = False,
     dtype: str | torch.dtype = "auto",
 ) -> Composed:
-    """Load both parts, choose the shared vocabulary, and build the LangBridge model around them."""
-    llm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(language_model)
-    vision_tower = load_vision_tower(vision_model, dtype=llm.dtype)
-    image_processor = AutoImageProcessor.from_pretrained(vision_model)
+    """Load both parts, place the shared vocabulary on the LLM's tokenizer, and build the model around them.
 
-    chat, notes = prepare_tokenizer(tokenizer, llm)
-    patch_size, extra_tokens, patches = vision_token_layout(vision_tower, image_processor)
-    strategy = "default" if extra_tokens == 1 else "full"
-    if extra_tokens not in (0, 1):
-        raise ValueError(f"{vision_model} adds {extra_tokens} tokens to its patches; only none or one CLS token is supported.")
+    Everything that can be checked from configs and the tokenizer is checked before any weights load.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(language_model)
+    chat, notes = prepare_tokenizer(tokenizer)
+    check_vision_features(vision_config_of(vision_model), vision_feature_layer, expected_vision_feature_size, vision_model)
 
     if vocab is None:
         shared = SharedVocabulary.from_tokenizer(tokenizer, vocab_size)
         notes.append(f"shared vocabulary: {shared.source['chosen_as']}")
     else:
         shared = vocab if isinstance(vocab, SharedVocabulary) else SharedVocabulary.load(vocab)
-        notes.append(f"shared vocabulary: {len(shared)} tokens from {vocab if not isinstance(vocab, SharedVocabulary) else 'the given vocabulary'}")
+        notes.append(f"shared vocabulary: {len(shared)} tokens")
     mapping = shared.map_onto(tokenizer)
-    if mapping.missing:
+    mapping.require(min_coverage, force)
+
+    llm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype)
+    notes += fit_embeddings(llm, tokenizer)
+    vision_tower = load_vision_tower(vision_model, dtype=llm.dtype)
+    image_processor = AutoImageProcessor.from_pretrained(vision_model)
+    patch_size, extra_tokens, patches = vision_token_layout(vision_tower, image_processor)
+    if extra_tokens not in (0, 1):
+        raise ValueError(f"{vision_model} adds {extra_tokens} tokens to its patches; only none or one CLS token is supported.")
+    strategy = vision_feature_select_strategy or ("default" if extra_tokens == 1 else "full")
+    if strategy == "default" and extra_tokens == 0:
         raise ValueError(
-            f"{len(mapping.missing)} of {len(shared)} shared-vocabulary tokens are not in {language_model}'s tokenizer "
-            f"(e.g. {mapping.missing[:5]}). Use `langbridge transfer`, which composes missing tokens from sub-tokens."
+            f"The projector expects a CLS token to drop (vision_feature_select_strategy='default') but {vision_model} "
+            "has none; use 'full' for towers without CLS (e.g. SigLIP)."
         )
 
     config = LangBridgeConfig(
         vision_config=vision_tower.config,
         text_config=llm.config,
         projector_hidden_size=projector_hidden_size,
+        projector_hidden_act=projector_hidden_act,
         vocab_token_ids=mapping.entries,
         coefficient_activation=coefficients,
+        combine_in_float32=combine_in_float32,
         vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy=strategy,
         image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
@@ -133,12 +175,7 @@ def compose(
         vision_model_name_or_path=str(vision_model),
         language_model_name_or_path=str(language_model),
     )
-    model = assemble(config, vision_tower, llm)
-    end_of_turn = tokenizer.eos_token_id
-    model.generation_config.eos_token_id = sorted({end_of_turn, *_as_list(llm.generation_config.eos_token_id)})
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.suppress_tokens = [config.image_token_id]  # never generate a placeholder
-
+    model = assemble(config, vision_tower, llm, tokenizer)
     processor = LangBridgeProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
@@ -149,13 +186,13 @@ def compose(
         num_additional_image_tokens=extra_tokens,
     )
     notes.append(
-        f"{config.image_seq_length} visual tokens per image ({'CLS dropped' if strategy == 'default' else 'no CLS'}); "
+        f"{config.image_seq_length} visual tokens per image ({'CLS dropped' if strategy == 'default' else 'all tokens kept'}); "
         f"projector {sum(p.numel() for p in model.model.multi_modal_projector.parameters()):,} parameters"
     )
-    return Composed(model, processor, notes)
+    return Composed(model, processor, mapping, notes)
 
 
-def assemble(config: LangBridgeConfig, vision_tower, llm) -> LangBridgeForConditionalGeneration:
+def assemble(config: LangBridgeConfig, vision_tower, llm, tokenizer) -> LangBridgeForConditionalGeneration:
     """The LangBridge model around already-loaded parts: they are moved in, not copied or re-initialised."""
     with torch.device("meta"):
         model = LangBridgeForConditionalGeneration(config)
@@ -165,8 +202,13 @@ def assemble(config: LangBridgeConfig, vision_tower, llm) -> LangBridgeForCondit
     projector = LangBridgeProjector(config).to(llm.dtype)
     projector.apply(model._init_weights)
     model.model.multi_modal_projector = projector
-    model.generation_config = llm.generation_config
     model.config.dtype = llm.dtype
+
+    generation = llm.generation_config
+    generation.eos_token_id = sorted({tokenizer.eos_token_id, *_as_list(generation.eos_token_id)})
+    generation.pad_token_id = tokenizer.pad_token_id
+    generation.suppress_tokens = [config.image_token_id]  # never generate a placeholder
+    model.generation_config = generation
     return model.eval()
 
 

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, CLIPVisionModel
 
 from modeling_langbridge.cli import main
-from modeling_langbridge.vocab import SharedVocabulary, ordinary_tokens
+from modeling_langbridge.vocab import SharedVocabulary, TokenizerVocabulary
 
 
 def same_weights(module, reference, prefix=""):
@@ -40,7 +40,7 @@ def test_cli_compose_keeps_pretrained_weights_and_picks_ordinary_tokens(parts, t
     assert len(ids) == 100 and len(set(ids)) == 100
     special = set(tokenizer.all_special_ids) | set(tokenizer.added_tokens_decoder)
     assert not special & set(ids)
-    assert ids == ordinary_tokens(tokenizer).ids[:100]
+    assert ids == TokenizerVocabulary(tokenizer).word_like_ids()[:100]
     assert model.config.image_token_id == tokenizer.convert_tokens_to_ids("<image>")
     assert model.config.language_model_name_or_path == str(parts["qwen2"])
 
@@ -83,7 +83,7 @@ def test_compose_refuses_what_it_cannot_build(parts, tmp_path, capsys):
     out = tmp_path / "never"
     assert main(["compose", "--vision-model", str(parts["clip"]), "--language-model", str(parts["qwen2"]),
                  "--vocab", str(vocab_file), "--out", str(out)]) == 2
-    assert "1 of 2 shared-vocabulary tokens are not in" in capsys.readouterr().err
+    assert "Only 50.0% of the shared vocabulary is in" in capsys.readouterr().err
     assert main(["compose", "--vision-model", str(parts["clip"]), "--language-model", str(parts["qwen2"]),
                  "--vocab-size", "100000", "--out", str(out)]) == 2
     assert "has only" in capsys.readouterr().err
@@ -97,11 +97,12 @@ def test_compose_refuses_what_it_cannot_build(parts, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("style", ["qwen2", "llama"])
-def test_ordinary_tokens_are_whole_text_and_never_special(parts, style):
+def test_default_vocabulary_tokens_are_words_never_special_or_bytes(parts, style):
     tokenizer = AutoTokenizer.from_pretrained(parts[style])
-    ordinary = ordinary_tokens(tokenizer)
-    assert ordinary.ids == sorted(ordinary.ids)
-    assert not set(ordinary.ids) & set(tokenizer.all_special_ids)
-    assert all(text.strip() for text in ordinary.texts)
-    assert " circle" in ordinary.texts  # `Ġcircle` and `▁circle` both read as " circle"
-    assert ordinary.skipped["byte or partial UTF-8"] >= (128 if style == "qwen2" else 256)
+    vocabulary = TokenizerVocabulary(tokenizer)
+    ids = vocabulary.word_like_ids()
+    assert not set(ids) & set(tokenizer.all_special_ids)
+    texts = [vocabulary.text_of[i] for i in ids]
+    assert all(t.strip() and not t.startswith("<0x") for t in texts)
+    assert " circle" in texts  # `Ġcircle` and `▁circle` both read as " circle"
+    assert len(tokenizer.get_vocab()) - len(ids) >= (128 if style == "qwen2" else 256)  # bytes skipped
