@@ -62,6 +62,9 @@ class LangBridgeConfig(PreTrainedConfig):
         coefficient_activation: `"none"` mixes embeddings with the raw logits (the official code, and the
             numerics of its released checkpoints); `"softmax"` turns them into a distribution (the paper's text).
         combine_in_float32: compute `coefficients @ E` in float32 whatever the model dtype (official numerics).
+        frozen_vocab_embeddings: keep a stored copy of `E` instead of reading the LLM's embeddings. Only for
+            converted official checkpoints whose SFT moved the LLM's embeddings away from the frozen matrix
+            the official code mixed visual tokens with; everything else reads `E` live.
         vision_feature_layer: hidden-state index (or indices, concatenated) of the vision tower to use.
         vision_feature_select_strategy: `"default"` drops the first token (CLIP's CLS); `"full"` keeps all.
         image_token_id: id of the `<image>` placeholder token in the LLM's tokenizer.
@@ -85,6 +88,7 @@ class LangBridgeConfig(PreTrainedConfig):
     vocab_token_ids: list[int | list[int]] | None = None
     coefficient_activation: Literal["none", "softmax"] = "none"
     combine_in_float32: bool = True
+    frozen_vocab_embeddings: bool = False
     vision_feature_layer: int | list[int] = -2
     vision_feature_select_strategy: Literal["default", "full"] = "default"
     image_token_id: int = 151646

@@ -68,6 +68,9 @@ class LangBridgeProjector(nn.Module):
         self.register_buffer("vocab_token_ids", token_ids, persistent=False)
         self.register_buffer("composed_rows", composed_rows, persistent=False)
         self.register_buffer("composed_token_ids", composed_token_ids, persistent=False)
+        # Official-checkpoint fidelity only (see `LangBridgeConfig.frozen_vocab_embeddings`): a saved copy of E.
+        frozen = torch.zeros(config.shared_vocab_size, config.text_config.hidden_size) if config.frozen_vocab_embeddings else None
+        self.register_buffer("frozen_embeddings", frozen, persistent=True)
 
     def set_vocabulary(self, vocab_token_ids: list) -> None:
         """Point the projector at other token ids (same T): what moving it to another LLM amounts to."""
@@ -92,6 +95,8 @@ class LangBridgeProjector(nn.Module):
 
     def vocab_embeddings(self, embed_tokens: nn.Module) -> torch.Tensor:
         """E [T, D], fetched through the LLM's embedding module; composed tokens are their sub-tokens' mean."""
+        if self.frozen_embeddings is not None:
+            return self.frozen_embeddings
         if not self.has_vocabulary:
             raise ValueError(
                 "This LangBridge model has no shared-vocabulary token ids (config.vocab_token_ids is None), so its "
