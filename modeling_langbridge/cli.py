@@ -2,10 +2,10 @@
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
-
 
 COMPOSE_DEFAULTS = {"projector_hidden_size": 5120, "vocab_size": 19200, "coefficients": "none", "vision_feature_layer": -2}
 
@@ -33,18 +33,110 @@ def compose_settings(args) -> dict:
     return settings
 
 
+def print_notes(composed) -> None:
+    for note in composed.notes:
+        print(f"- {note}")
+
+
 def compose_command(args) -> int:
     from .compose import compose
 
     settings = compose_settings(args)
     composed = compose(
-        settings.pop("vision_model"), settings.pop("language_model"), vocab=args.vocab, dtype=args.dtype, **settings
+        settings.pop("vision_model"), settings.pop("language_model"), vocab=args.vocab, dtype=args.dtype,
+        min_coverage=args.min_coverage, force=args.force, **settings,
     )
-    for note in composed.notes:
-        print(f"- {note}")
-    composed.model.save_pretrained(args.out)
-    composed.processor.save_pretrained(args.out)
+    print_notes(composed)
+    if args.vocab:
+        print(composed.mapping.report())
+    composed.save(args.out)
     print(f"Saved an untrained LangBridge model to {args.out}")
+    return 0
+
+
+def transfer_command(args) -> int:
+    from .transfer import transfer
+
+    composed = transfer(
+        args.adapter, args.language_model, args.vision_model, min_coverage=args.min_coverage, force=args.force,
+        dtype=args.dtype,
+    )
+    print(composed.mapping.report())
+    print_notes(composed)
+    composed.save(args.out)
+    print(f"Saved the transferred LangBridge model to {args.out}")
+    return 0
+
+
+def export_adapter_command(args) -> int:
+    from .adapter import LangBridgeAdapter
+
+    adapter = LangBridgeAdapter.from_model_folder(args.model)
+    adapter.save_pretrained(args.out)
+    print(
+        f"Saved the adapter of {args.model} to {args.out}: {adapter.shared_vocab_size} vocabulary tokens, "
+        f"vision features {adapter.vision_feature_size}, projector hidden size {adapter.projector_hidden_size}"
+    )
+    return 0
+
+
+def vocab_build_command(args) -> int:
+    from transformers import AutoTokenizer
+
+    from .corpus import iter_corpus, iter_dataset_column
+    from .vocab import SharedVocabulary
+
+    if bool(args.corpus) == bool(args.dataset):
+        raise ValueError("Give the corpus as --corpus FILE... or as --dataset NAME --column COLUMN (one of the two).")
+    if args.dataset:
+        texts, corpus_name = iter_dataset_column(args.dataset, args.column, args.split), f"{args.dataset}:{args.column}"
+    else:
+        texts, corpus_name = iter_corpus(args.corpus, args.text_field), ", ".join(Path(p).name for p in args.corpus)
+    tokenizers = [AutoTokenizer.from_pretrained(name) for name in args.tokenizer]
+    vocabulary = SharedVocabulary.build(tokenizers, texts, args.size, corpus_name=corpus_name)
+    vocabulary.save(args.out)
+    print(f"Saved {len(vocabulary)} shared tokens to {args.out} (from {vocabulary.source['corpus_texts']} texts)")
+    print("Most frequent: " + ", ".join(f"{t!r} ({n})" for t, n in zip(vocabulary.tokens[:12], vocabulary.counts[:12])))
+    return 0
+
+
+def vocab_inspect_command(args) -> int:
+    from transformers import AutoTokenizer
+
+    from .vocab import SharedVocabulary
+
+    vocabulary = SharedVocabulary.load(args.vocab)
+    print(f"{args.vocab}: {len(vocabulary)} tokens")
+    for key, value in vocabulary.source.items():
+        print(f"  {key}: {value}")
+    counts = vocabulary.counts or [None] * len(vocabulary)
+    print("  first tokens: " + ", ".join(f"{t!r}" + (f" ({n})" if n is not None else "") for t, n in zip(vocabulary.tokens[:15], counts)))
+    for name in args.tokenizer or []:
+        print(vocabulary.map_onto(AutoTokenizer.from_pretrained(name)).report())
+    return 0
+
+
+def convert_official_command(args) -> int:
+    from .convert_official import convert_checkpoint, convert_projector
+
+    if bool(args.projector) == bool(args.checkpoint):
+        raise ValueError("Convert either a stage-1 projector (--projector FILE --vocab FILE) or a full checkpoint (--checkpoint DIR --vocab FILE).")
+    if args.projector:
+        adapter = convert_projector(
+            args.projector, args.vocab, vision_feature_layer=args.vision_feature_layer,
+            vision_feature_select_strategy=args.vision_feature_select_strategy,
+            vision_model=args.vision_model or "openai/clip-vit-large-patch14-336", trained_with=args.trained_with,
+        )
+        adapter.save_pretrained(args.out)
+        print(f"Saved the official projector as a LangBridge adapter in {args.out} ({adapter.shared_vocab_size} tokens)")
+    else:
+        composed = convert_checkpoint(
+            args.checkpoint, args.vocab, vocab_matrix=args.vocab_matrix, vision_model=args.vision_model,
+            allow_base_view=args.allow_base_view,
+        )
+        print_notes(composed)
+        composed.save(args.out)
+        print(f"Saved the converted model to {args.out}")
     return 0
 
 
@@ -62,10 +154,9 @@ def quickstart_command(args) -> int:
     llm = save_qwen2_style_llm(out / "parts" / "qwen2")
     print("Composing them with the LangBridge projector ...")
     composed = compose(str(vision), str(llm), projector_hidden_size=64, vocab_size=128)
-    for note in composed.notes:
-        print(f"- {note}")
-    composed.model.save_pretrained(out / "model")
-    composed.processor.save_pretrained(out / "model")
+    print_notes(composed)
+    shutil.rmtree(out / "model", ignore_errors=True)  # a rerun replaces its own model
+    composed.save(out / "model")
 
     print(f"Loading {out / 'model'} with pipeline('image-text-to-text', trust_remote_code=True) ...")
     torch.manual_seed(args.seed)
@@ -78,8 +169,15 @@ def quickstart_command(args) -> int:
     return 0
 
 
+def add_transfer_safety(parser) -> None:
+    parser.add_argument("--min-coverage", type=float, default=0.8,
+                        help="least share of the vocabulary the LLM must have exactly (default 0.8)")
+    parser.add_argument("--force", action="store_true", help="proceed below --min-coverage")
+    parser.add_argument("--dtype", default="auto", help="auto (the LLM's), float32, bfloat16, float16")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="langbridge", description=__doc__)
+    parser = argparse.ArgumentParser(prog="langbridge", description="LangBridge vision-language adapters for transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("compose", help="assemble an untrained LangBridge VLM from a vision model and an LLM")
@@ -93,8 +191,52 @@ def build_parser() -> argparse.ArgumentParser:
     vocab.add_argument("--vocab", type=Path, help="a shared-vocabulary JSON (langbridge vocab build)")
     p.add_argument("--coefficients", choices=["none", "softmax"], help="coefficient activation (default none)")
     p.add_argument("--vision-feature-layer", type=int, help="default -2")
-    p.add_argument("--dtype", default="auto", help="auto (the LLM's), float32, bfloat16, float16")
+    add_transfer_safety(p)
     p.set_defaults(run=compose_command)
+
+    p = commands.add_parser("transfer", help="attach a trained adapter to another LLM, without pretraining again")
+    p.add_argument("--adapter", required=True, type=Path, help="an adapter folder (export-adapter, convert-official)")
+    p.add_argument("--language-model", required=True, help="path or Hub id of the new causal LM")
+    p.add_argument("--vision-model", help="default: the vision model the adapter records")
+    p.add_argument("--out", required=True, type=Path)
+    add_transfer_safety(p)
+    p.set_defaults(run=transfer_command)
+
+    p = commands.add_parser("export-adapter", help="save the projector of a model folder as a portable adapter")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(run=export_adapter_command)
+
+    vocab_parser = commands.add_parser("vocab", help="build or inspect shared vocabularies")
+    vocab_commands = vocab_parser.add_subparsers(dest="vocab_command", required=True)
+    p = vocab_commands.add_parser("build", help="tokens shared by several tokenizers, ranked by corpus frequency")
+    p.add_argument("--tokenizer", action="append", required=True, help="path or Hub id; give two or more")
+    p.add_argument("--corpus", nargs="+", help=".txt (a text per line), .jsonl or LLaVA .json files")
+    p.add_argument("--text-field", help="the text field of JSON records (default: LLaVA conversations, messages, text)")
+    p.add_argument("--dataset", help="a datasets name or path, streamed")
+    p.add_argument("--column", default="text")
+    p.add_argument("--split", default="train")
+    p.add_argument("--size", type=int, required=True, help="T, the number of tokens to keep")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(run=vocab_build_command)
+    p = vocab_commands.add_parser("inspect", help="show a vocabulary and its coverage on tokenizers")
+    p.add_argument("vocab", type=Path)
+    p.add_argument("--tokenizer", action="append", help="report coverage on this tokenizer (repeatable)")
+    p.set_defaults(run=vocab_inspect_command)
+
+    p = commands.add_parser("convert-official", help="convert checkpoints of the official LangBridge code")
+    p.add_argument("--projector", type=Path, help="a stage-1 mm_projector.bin (-> an adapter)")
+    p.add_argument("--checkpoint", type=Path, help="a full checkpoint folder (-> a model folder)")
+    p.add_argument("--vocab", required=True, type=Path, help="its vocabulary JSON (token -> id)")
+    p.add_argument("--vocab-matrix", type=Path, help="the official embedding matrix (.pt), if not beside the checkpoint")
+    p.add_argument("--vision-model", help="vision tower (default: the checkpoint's mm_vision_tower / CLIP ViT-L/14-336)")
+    p.add_argument("--vision-feature-layer", type=int, default=-2)
+    p.add_argument("--vision-feature-select-strategy", choices=["default", "full"], default="default",
+                   help="default: patch tokens only, CLS dropped (official); full: keep CLS")
+    p.add_argument("--trained-with", help="the LLM the projector was trained with, for the record")
+    p.add_argument("--allow-base-view", action="store_true", help="convert a LLaVA-NeXT anyres checkpoint for base-view use")
+    p.add_argument("--out", required=True, type=Path)
+    p.set_defaults(run=convert_official_command)
 
     p = commands.add_parser("quickstart", help="compose a tiny model from locally built parts and chat with it")
     p.add_argument("--out", type=Path, help="folder for the parts and the model (default: a temporary folder)")
@@ -107,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, OSError) as error:
+    except (ValueError, OSError) as error:
         print(f"langbridge {args.command}: error: {error}", file=sys.stderr)
         return 2
 
