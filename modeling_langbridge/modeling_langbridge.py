@@ -87,6 +87,8 @@ class LangBridgeProjector(nn.Module):
 
     def coefficients(self, image_features: torch.Tensor) -> torch.Tensor:
         """Per visual token, the weight of each shared-vocabulary token: [..., T]."""
+        # The projector may be kept in another dtype than the tower (e.g. float32 in a bf16 QLoRA run).
+        image_features = image_features.to(self.linear_1.weight.dtype)
         hidden = self.linear_2(self.act(self.linear_1(image_features)))
         logits = self.vocab_proj(hidden)
         if self.combine_in_float32:
@@ -147,6 +149,13 @@ class LangBridgePreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+
+    def post_init(self):
+        super().post_init()
+        # Sub-models declare layers of classes they may not contain (a CLIP vision tower inherits CLIP's text
+        # embeddings); keep the present ones so FSDP auto-wrap and device_map="auto" find every class they name.
+        present = {type(module).__name__ for module in self.modules()}
+        self._no_split_modules = {name for name in self._no_split_modules if name in present}
 
     def _init_weights(self, module):
         super()._init_weights(module)
