@@ -140,6 +140,20 @@ def convert_official_command(args) -> int:
     return 0
 
 
+def train_command(args) -> int:
+    """A training recipe (training/pretrain.py or training/sft.py) with its YAML config; extra flags override it."""
+    import importlib
+
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    from training.arguments import LangBridgeArguments
+
+    recipe = importlib.import_module(f"training.{args.stage}")
+    parser = TrlParser((LangBridgeArguments, SFTConfig, ModelConfig))
+    recipe.main(*parser.parse_args_and_config(["--config", str(args.config), *args.overrides]))
+    return 0
+
+
 def quickstart_command(args) -> int:
     """Build tiny parts locally, compose them, and chat with the folder through the pipeline."""
     import torch
@@ -238,6 +252,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(run=convert_official_command)
 
+    p = commands.add_parser("train", help="run a training recipe (stage 1 pretrain, stage 2 sft) from a YAML config")
+    p.add_argument("stage", choices=["pretrain", "sft"])
+    p.add_argument("--config", required=True, type=Path, help="a recipe YAML (see configuration/)")
+    p.epilog = "Further flags of SFTConfig, ModelConfig or LangBridgeArguments override the YAML, e.g. --max_steps 10."
+    p.set_defaults(run=train_command)
+
     p = commands.add_parser("quickstart", help="compose a tiny model from locally built parts and chat with it")
     p.add_argument("--out", type=Path, help="folder for the parts and the model (default: a temporary folder)")
     p.add_argument("--seed", type=int, default=0)
@@ -246,7 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.command != "train":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = unknown
     try:
         return args.run(args)
     except (ValueError, OSError) as error:

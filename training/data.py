@@ -1,0 +1,260 @@
+"""Training data: LLaVA JSON files and `datasets` datasets, as chat messages plus lazily loaded images.
+
+Every sample becomes `{"messages": [...], "images": [refs]}`: messages in the chat format (content items
+`{"type": "image"}` / `{"type": "text", "text": ...}`), refs are image paths or `{"bytes", "path"}` dicts, opened
+only when a batch needs them. Before training, `fit_to_length` measures every sample without opening an
+image (each image is a known number of tokens) and drops, with counts, those a truncation would cut inside
+an image or leave with nothing to learn.
+"""
+
+import io
+import multiprocessing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from datasets import Dataset, Image as ImageFeature, Sequence, load_dataset
+from PIL import Image
+
+from modeling_langbridge.corpus import iter_json_array
+
+IMAGE = "<image>"
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+def content_items(text: str) -> list[dict]:
+    """`"<image>\\nWhat is it?"` -> `[{"type": "image"}, {"type": "text", "text": "What is it?"}]`."""
+    items = []
+    for n, piece in enumerate(text.split(IMAGE)):
+        if n:
+            items.append({"type": "image", "text": None})
+        piece = piece.strip("\n")
+        if piece.strip():
+            items.append({"type": "text", "text": piece})
+    return items
+
+
+def llava_record_to_sample(record: dict, image_folder: str | Path | None) -> dict:
+    """One record of LLaVA's JSON (`blip_laion_cc_sbu_558k.json`, `llava_v1_5_mix665k.json`)."""
+    images = record.get("image") or []
+    images = [images] if isinstance(images, str) else list(images)
+    folder = Path(image_folder) if image_folder else None
+    messages = [{"role": ROLES[turn["from"]], "content": content_items(turn["value"])} for turn in record["conversations"]]
+    return {"messages": messages, "images": [str(folder / name) if folder else name for name in images]}
+
+
+def load_llava_json(path: str | Path, image_folder: str | Path | None = None) -> Dataset:
+    """A LLaVA JSON file as an Arrow-backed dataset (built by streaming the file, memory-mapped afterwards)."""
+    path = Path(path)
+
+    def samples(path=str(path), image_folder=str(image_folder) if image_folder else None):
+        for record in iter_json_array(path):
+            yield llava_record_to_sample(record, image_folder)
+
+    return Dataset.from_generator(samples)
+
+
+def load_messages_dataset(name_or_path: str, split: str = "train", config_name: str | None = None) -> Dataset:
+    """A `datasets` dataset with `messages` and `images` (or `image`) columns, images left undecoded."""
+    dataset = load_dataset(name_or_path, config_name, split=split)
+    if "image" in dataset.column_names and "images" not in dataset.column_names:
+        dataset = dataset.map(lambda row: {"images": [row["image"]] if row["image"] is not None else []},
+                              remove_columns=["image"])
+    missing = {"messages", "images"} - set(dataset.column_names)
+    if missing:
+        raise ValueError(f"{name_or_path} has no {sorted(missing)} column(s); expected `messages` and `images` (or `image`).")
+    feature = dataset.features["images"]
+    if isinstance(feature, (list, Sequence)) or hasattr(feature, "feature"):
+        dataset = dataset.cast_column("images", [ImageFeature(decode=False)])
+    return dataset
+
+
+def load_training_data(dataset: str, image_folder: str | None = None, split: str = "train", config_name: str | None = None) -> Dataset:
+    """LLaVA JSON when `dataset` is a .json file, otherwise a `datasets` name or folder."""
+    if str(dataset).endswith(".json"):
+        return load_llava_json(dataset, image_folder)
+    return load_messages_dataset(dataset, split=split, config_name=config_name)
+
+
+@dataclass
+class DataReport:
+    """What happened to the data, for the end-of-training summary."""
+
+    samples: int = 0
+    kept: int = 0
+    dropped_cut_image: int = 0
+    dropped_no_target: int = 0
+    dropped_image_mismatch: int = 0
+    skipped_bad_images: int = 0
+    bad_image_examples: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{self.kept} of {self.samples} samples trained on; dropped before training: {self.dropped_cut_image} "
+            f"whose truncation would cut an image, {self.dropped_no_target} with no trainable token left, "
+            f"{self.dropped_image_mismatch} whose <image> count differs from their images; skipped while training: "
+            f"{self.skipped_bad_images} with a missing or unreadable image"
+            + (f" (e.g. {self.bad_image_examples[0]})" if self.bad_image_examples else "")
+        )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def render_plain(messages: list[dict], num_images: int) -> tuple[str, str]:
+    """LLaVA's stage-1 'plain' format (`conv_llava_plain`): the images, then the first assistant reply and a
+    newline; only the reply is learned, and no chat token is involved."""
+    reply = next((m for m in messages if m["role"] == "assistant"), None)
+    if reply is None:
+        return IMAGE * num_images, ""
+    content = reply["content"]
+    text = content if isinstance(content, str) else "".join(i["text"] for i in content if i["type"] == "text")
+    return IMAGE * num_images, text.strip() + "\n"
+
+
+def count_image_items(messages: list[dict]) -> int:
+    return sum(
+        message["content"].count(IMAGE) if isinstance(message["content"], str)
+        else sum(item["type"] == "image" for item in message["content"])
+        for message in messages
+    )
+
+
+def fit_to_length(dataset: Dataset, processor, image_seq_length: int, max_length: int | None, mode: str,
+                  report: DataReport) -> Dataset:
+    """Keep the samples that fit: truncation may shorten text after the images, never cut into one, and every
+    kept sample has at least one token to learn. Counts what it drops in `report`."""
+    tokenizer = processor.tokenizer
+    image_token_id = processor.image_token_id
+
+    def measure(sample):
+        messages, num_images = sample["messages"], len(sample["images"])
+        if count_image_items(messages) != num_images and mode == "chat":
+            return {"verdict": "image_mismatch"}
+        if mode == "plain":
+            prompt, target = render_plain(messages, num_images)
+            ids = tokenizer(prompt + target)["input_ids"]
+            prompt_length = len(tokenizer(prompt)["input_ids"])
+            trainable = [0] * prompt_length + [1] * (len(ids) - prompt_length)
+        else:
+            out = tokenizer.apply_chat_template(
+                _as_chat(messages), chat_template=processor.chat_template, tokenize=True, return_dict=True,
+                return_assistant_tokens_mask=True,
+            )
+            ids, trainable = out["input_ids"], out["assistant_masks"]
+        # Expand each <image> to its tokens, tracking where images end and which positions are learned.
+        length, image_end, learned = 0, 0, []
+        for token, learn in zip(ids, trainable):
+            width = image_seq_length if token == image_token_id else 1
+            if token == image_token_id:
+                image_end = length + width
+            if learn and token != image_token_id:
+                learned.append(length)
+            length += width
+        limit = length if max_length is None else min(length, max_length)
+        if image_end > limit:
+            return {"verdict": "cut_image"}
+        if not any(0 < position < limit for position in learned):  # position 0 is never predicted
+            return {"verdict": "no_target"}
+        return {"verdict": "keep"}
+
+    verdicts = dataset.map(measure, remove_columns=dataset.column_names, desc="Measuring samples")["verdict"]
+    report.samples = len(verdicts)
+    report.dropped_cut_image = verdicts.count("cut_image")
+    report.dropped_no_target = verdicts.count("no_target")
+    report.dropped_image_mismatch = verdicts.count("image_mismatch")
+    keep = [n for n, verdict in enumerate(verdicts) if verdict == "keep"]
+    report.kept = len(keep)
+    if not keep:
+        raise ValueError(f"No sample is left to train on: {report.summary()}. Raise max_length or check the data.")
+    return dataset.select(keep)
+
+
+def _as_chat(messages: list[dict]) -> list[dict]:
+    """Arrow stores text items' missing fields as None; the chat template expects plain dicts."""
+    return [
+        {"role": m["role"], "content": m["content"] if isinstance(m["content"], str)
+         else [{k: v for k, v in item.items() if v is not None} for item in m["content"]]}
+        for m in messages
+    ]
+
+
+def open_image(ref) -> Image.Image:
+    """An image from a path or a `{"bytes", "path"}` dict, fully decoded so a corrupt file fails here."""
+    if isinstance(ref, dict):
+        source = io.BytesIO(ref["bytes"]) if ref.get("bytes") else ref.get("path")
+    else:
+        source = ref
+    image = Image.open(source)
+    image.load()
+    return image
+
+
+class ImageLoader:
+    """The `with_transform` of a training dataset: opens a sample's images only when a batch needs it.
+
+    A missing or unreadable image either raises (`skip_bad_images=False`) or is counted and its sample replaced
+    by the next one whose images read, so a long run is not lost to one bad file.
+    """
+
+    def __init__(self, dataset: Dataset, skip_bad_images: bool = True, report: DataReport | None = None):
+        self.dataset = dataset  # the untransformed rows, to fetch replacements from
+        self.skip_bad_images = skip_bad_images
+        self.report = report or DataReport()
+        self._skipped = multiprocessing.Value("i", 0)  # shared with dataloader workers
+
+    def __call__(self, batch: dict) -> dict:
+        out = {"messages": [], "images": []}
+        for position in batch["row"]:
+            messages, images = self._readable(position)
+            out["messages"].append(messages)
+            out["images"].append(images)
+        return out
+
+    def _readable(self, position: int) -> tuple[list, list]:
+        for attempt in range(len(self.dataset)):
+            sample = self.dataset[(position + attempt) % len(self.dataset)]
+            try:
+                return _as_chat(sample["messages"]), [open_image(ref) for ref in sample["images"]]
+            except (OSError, ValueError, SyntaxError) as error:
+                where = _describe(sample["images"])
+                if not self.skip_bad_images:
+                    raise ValueError(
+                        f"Cannot read an image of sample {sample['row']} ({where}): {error}. Fix or remove it, or set "
+                        "skip_bad_images: true to skip such samples and count them."
+                    ) from error
+                with self._skipped.get_lock():
+                    self._skipped.value += 1
+                if len(self.report.bad_image_examples) < 5:
+                    self.report.bad_image_examples.append(where)
+        raise ValueError("No sample has readable images.")
+
+    @property
+    def skipped(self) -> int:
+        return self._skipped.value
+
+
+def with_lazy_images(dataset: Dataset, skip_bad_images: bool = True, report: DataReport | None = None) -> tuple[Dataset, ImageLoader]:
+    """The dataset as training sees it (messages and opened images), and the loader that counts bad images."""
+    dataset = dataset.add_column("row", list(range(len(dataset))))
+    loader = ImageLoader(dataset, skip_bad_images, report)
+    return dataset.with_transform(loader), loader
+
+
+def _describe(refs) -> str:
+    return ", ".join((ref.get("path") or "<image bytes>") if isinstance(ref, dict) else str(ref) for ref in refs)
+
+
+def prepare_training_data(script_args, processor, image_seq_length: int, max_length: int | None, mode: str):
+    """The recipes' data step: load, cap, fit to `max_length`, open images lazily.
+
+    Returns `(dataset, image_loader, report)`: the dataset the trainer iterates, the loader that counts bad
+    images, and the report of what was dropped.
+    """
+    report = DataReport()
+    dataset = load_training_data(script_args.dataset, script_args.image_folder, script_args.dataset_split,
+                                 script_args.dataset_config)
+    if script_args.max_samples:
+        dataset = dataset.select(range(min(script_args.max_samples, len(dataset))))
+    dataset = fit_to_length(dataset, processor, image_seq_length, max_length, mode, report)
+    dataset, loader = with_lazy_images(dataset, script_args.skip_bad_images, report)
+    return dataset, loader, report

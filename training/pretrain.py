@@ -1,0 +1,76 @@
+"""Stage 1: pretrain the LangBridge projector on image-caption pairs, vision tower and LLM frozen.
+
+    python -m training.pretrain --config configuration/pretrain_qwen2-0.5b.yaml
+    langbridge train pretrain --config configuration/pretrain_qwen2-0.5b.yaml
+    accelerate launch --config_file configuration/accelerate/ddp.yaml -m training.pretrain --config ...
+
+Saves the model folder (`output_dir`) and the projector alone as an adapter (`output_dir/adapter`), ready for
+SFT on this LLM or `langbridge transfer` to another.
+"""
+
+import shutil
+from pathlib import Path
+
+from trl import ModelConfig, SFTConfig, TrlParser
+
+from modeling_langbridge.adapter import LangBridgeAdapter
+
+from .arguments import LangBridgeArguments
+from .collator import LangBridgeCollator
+from .data import prepare_training_data
+from .models import load_for_stage
+from .trainer import LangBridgeTrainer
+
+
+def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args: ModelConfig, callbacks=None):
+    ################
+    # Model: only the projector learns
+    ################
+    model, processor = load_for_stage(model_args, "pretrain", train_vision_tower=False, output_dir=training_args.output_dir)
+
+    ################
+    # Data: image-caption pairs, images opened lazily
+    ################
+    mode = script_args.data_format or "plain"
+    train_dataset, image_loader, report = prepare_training_data(
+        script_args, processor, model.config.image_seq_length, training_args.max_length, mode
+    )
+
+    ################
+    # Training
+    ################
+    trainer = LangBridgeTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        data_collator=LangBridgeCollator(processor, training_args.max_length, mode),
+        processing_class=processor,
+        projector_lr=script_args.projector_lr,
+        data_report=report,
+        image_loader=image_loader,
+        callbacks=callbacks,
+    )
+    trainer.train(resume_from_checkpoint=resume_argument(training_args.resume_from_checkpoint))
+    trainer.report_data()
+
+    ################
+    # Save: the model folder, and the adapter on its own
+    ################
+    trainer.save_model(training_args.output_dir)  # the processor too
+    if trainer.is_world_process_zero():
+        adapter_dir = Path(training_args.output_dir) / "adapter"
+        shutil.rmtree(adapter_dir, ignore_errors=True)
+        LangBridgeAdapter.from_model(trainer.model, processor.tokenizer).save_pretrained(adapter_dir)
+    return trainer
+
+
+def resume_argument(value):
+    """`resume_from_checkpoint: true` (or `latest`) in a YAML file means the newest checkpoint in output_dir."""
+    if isinstance(value, str) and value.lower() in ("true", "latest"):
+        return True
+    return value or None
+
+
+if __name__ == "__main__":
+    parser = TrlParser((LangBridgeArguments, SFTConfig, ModelConfig))
+    main(*parser.parse_args_and_config())

@@ -1,0 +1,81 @@
+"""Stage 2: supervised fine-tuning of projector + LLM on conversations with images.
+
+    python -m training.sft --config configuration/sft_qwen2-0.5b.yaml                 # full LLM
+    python -m training.sft --config configuration/sft_qwen2-0.5b_lora.yaml            # LoRA (use_peft)
+    python -m training.sft --config configuration/sft_qwen2-0.5b_qlora.yaml           # QLoRA (+ load_in_4bit)
+    accelerate launch --config_file configuration/accelerate/deepspeed_zero3.yaml -m training.sft --config ...
+
+Full training saves a model folder. LoRA/QLoRA save the PEFT adapter (LoRA weights + the projector, trained in
+full) in `output_dir`, loadable with `PeftModel.from_pretrained(base, output_dir)`, and, with `merge_lora`, the
+LoRA merged into a full-precision copy of the base in `output_dir/merged`, a plain LangBridge folder.
+"""
+
+import torch
+from trl import ModelConfig, SFTConfig, TrlParser
+
+from .arguments import LangBridgeArguments
+from .collator import LangBridgeCollator
+from .data import prepare_training_data
+from .models import load_for_stage, lora_config, resolve_model
+from .pretrain import resume_argument
+from .trainer import LangBridgeTrainer
+
+
+def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args: ModelConfig, callbacks=None):
+    ################
+    # Model: projector + LLM (full, LoRA or QLoRA); vision tower frozen unless asked
+    ################
+    model, processor = load_for_stage(model_args, "sft", script_args.train_vision_tower, training_args.output_dir)
+
+    ################
+    # Data: conversations, assistant replies learned, images opened lazily
+    ################
+    mode = script_args.data_format or "chat"
+    train_dataset, image_loader, report = prepare_training_data(
+        script_args, processor, model.config.image_seq_length, training_args.max_length, mode
+    )
+
+    ################
+    # Training
+    ################
+    trainer = LangBridgeTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        data_collator=LangBridgeCollator(processor, training_args.max_length, mode),
+        processing_class=processor,
+        peft_config=lora_config(model_args, script_args.train_vision_tower),
+        projector_lr=script_args.projector_lr,
+        vision_tower_lr=script_args.vision_tower_lr,
+        data_report=report,
+        image_loader=image_loader,
+        callbacks=callbacks,
+    )
+    trainer.train(resume_from_checkpoint=resume_argument(training_args.resume_from_checkpoint))
+    trainer.report_data()
+
+    ################
+    # Save
+    ################
+    trainer.save_model(training_args.output_dir)
+    if model_args.use_peft and script_args.merge_lora and trainer.is_world_process_zero():
+        save_merged(resolve_model(model_args.model_name_or_path, training_args.output_dir), training_args.output_dir, processor)
+    return trainer
+
+
+def save_merged(base_path: str, adapter_dir: str, processor) -> str:
+    """The LoRA merged into a full-precision copy of the base model (a QLoRA base is re-read unquantized)."""
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText
+
+    base = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch.float32)
+    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    out = f"{adapter_dir}/merged"
+    merged.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+if __name__ == "__main__":
+    parser = TrlParser((LangBridgeArguments, SFTConfig, ModelConfig))
+    main(*parser.parse_args_and_config())
