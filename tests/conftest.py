@@ -59,3 +59,39 @@ def llama_siglip_dir(parts, tmp_path_factory):
 def model_dir(request):
     """Each composed folder in turn: two LLM families, two vision towers, both coefficient activations."""
     return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory):
+    """A small shapes world in LLaVA's layout: captions (stage 1) and question-answer conversations (stage 2)."""
+    from training.world import write_llava_dataset
+
+    root = tmp_path_factory.mktemp("world")
+    return {
+        "root": root,
+        "captions": write_llava_dataset(root, 64, seed=0, kind="caption"),
+        "qa": write_llava_dataset(root, 64, seed=1, kind="qa"),
+        "images": root / "images",
+    }
+
+
+@pytest.fixture(scope="session")
+def world_model_dir(tmp_path_factory, parts):
+    """A LangBridge folder whose LLM knows the world's language (a tiny Qwen2-style LM trained on its texts)."""
+    import random
+
+    from modeling_langbridge.tiny import byte_level_bpe_tokenizer
+    from training.text_lm import train_causal_lm
+    from training.world import caption, questions, random_scene
+
+    rng = random.Random(7)
+    texts = []  # documents of several lines, as real LLMs read: a caption, then questions and answers
+    for _ in range(1500):
+        scene = random_scene(rng)
+        texts.append("\n".join([caption(scene)] + [f"{q} {a}." for _, q, a in questions(scene, rng)]))
+    root = tmp_path_factory.mktemp("world_model")
+    llm = save_qwen2_style_llm(root / "llm", byte_level_bpe_tokenizer(texts), hidden_size=64)
+    train_causal_lm(llm, texts, steps=300, progress=False)
+    torch.manual_seed(0)
+    composed = compose(str(parts["clip_vision"]), str(llm), projector_hidden_size=64, vocab_size=128)
+    return composed.save(root / "langbridge")
