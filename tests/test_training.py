@@ -282,3 +282,59 @@ def test_launch_configs_name_a_distributed_type(launch):
     assert config["distributed_type"] in {"MULTI_GPU", "DEEPSPEED", "FSDP"}
     if config["distributed_type"] == "DEEPSPEED":
         assert config["deepspeed_config"]["zero_stage"] in (2, 3)
+
+
+def test_a_datasets_dataset_with_messages_and_images_trains(world_model_dir, world, tmp_path):
+    """The layout of Hub datasets such as HuggingFaceH4/llava-instruct-mix-vsft: `messages` + a list of images."""
+    from datasets import Dataset, Image as ImageFeature, Sequence
+    from PIL import Image
+
+    records = json.loads(world["qa"].read_text())[:12]
+    rows = {"messages": [], "images": []}
+    for record in records:
+        rows["images"].append([Image.open(world["images"] / record["image"])])
+        rows["messages"].append([
+            {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": record["conversations"][0]["value"].replace("<image>\n", "")}]},
+            {"role": "assistant", "content": [{"type": "text", "text": record["conversations"][1]["value"]}]}])
+    dataset = Dataset.from_dict(rows).cast_column("images", Sequence(ImageFeature()))
+    (tmp_path / "parquet").mkdir()
+    dataset.to_parquet(tmp_path / "parquet" / "train.parquet")
+    dataset.save_to_disk(tmp_path / "saved")
+    for source in ("parquet", "saved"):
+        config = write_config(tmp_path / f"{source}.yaml", model_name_or_path=str(world_model_dir), dataset=str(tmp_path / source),
+                              output_dir=str(tmp_path / f"out-{source}"), max_steps=2, per_device_train_batch_size=4)
+        trainer = run_recipe(sft, config)
+        assert trainer.state.global_step == 2
+        assert json.loads((tmp_path / f"out-{source}" / "data_report.json").read_text())["kept"] == 12
+
+
+def test_an_unfrozen_vision_tower_trains_at_its_own_rate(pretrained, world, tmp_path):
+    config = write_config(tmp_path / "sft.yaml", model_name_or_path=str(pretrained), dataset=str(world["qa"]),
+                          image_folder=str(world["images"]), output_dir=str(tmp_path / "out"), max_steps=3,
+                          per_device_train_batch_size=4, learning_rate=1e-3, train_vision_tower=True,
+                          vision_tower_lr=1e-5, projector_lr=5e-4)
+    trainer = run_recipe(sft, config)
+    rates = {}
+    for group in trainer.optimizer.param_groups:
+        for parameter in group["params"]:
+            rates[id(parameter)] = group["lr"]
+    by_part = {}
+    for name, parameter in trainer.model.named_parameters():
+        part = "vision" if "vision_tower" in name else "projector" if "multi_modal_projector" in name else "llm"
+        by_part.setdefault(part, set()).add(rates[id(parameter)])
+    assert by_part == {"vision": {1e-5}, "projector": {5e-4}, "llm": {1e-3}}
+    changes = changed(parameters(pretrained), parameters(tmp_path / "out"))
+    assert any(name.startswith("model.vision_tower.") for name in changes)
+
+
+def test_a_hub_style_pair_is_composed_before_training(parts, world, tmp_path):
+    pair = tmp_path / "pair.json"
+    pair.write_text(json.dumps({"vision_model_name_or_path": str(parts["clip_vision"]), "language_model_name_or_path": str(parts["qwen2"]),
+                                "projector_hidden_size": 32, "shared_vocab_size": 64, "coefficient_activation": "none",
+                                "vision_feature_layer": -2}))
+    out = tmp_path / "out"
+    config = write_config(tmp_path / "pretrain.yaml", model_name_or_path=str(pair), dataset=str(world["captions"]),
+                          image_folder=str(world["images"]), output_dir=str(out), max_steps=2, per_device_train_batch_size=4)
+    run_recipe(pretrain, config)
+    assert AutoModelForImageTextToText.from_pretrained(out / "composed").config.shared_vocab_size == 64
+    assert (out / "adapter" / "langbridge_adapter.json").exists()

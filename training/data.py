@@ -12,7 +12,7 @@ import multiprocessing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from datasets import Dataset, Image as ImageFeature, Sequence, load_dataset
+from datasets import Dataset, Image as ImageFeature, Sequence, load_dataset, load_from_disk
 from PIL import Image
 
 from modeling_langbridge.corpus import iter_json_array
@@ -55,7 +55,10 @@ def load_llava_json(path: str | Path, image_folder: str | Path | None = None) ->
 
 def load_messages_dataset(name_or_path: str, split: str = "train", config_name: str | None = None) -> Dataset:
     """A `datasets` dataset with `messages` and `images` (or `image`) columns, images left undecoded."""
-    dataset = load_dataset(name_or_path, config_name, split=split)
+    if (Path(name_or_path) / "dataset_info.json").exists():  # a folder written by `Dataset.save_to_disk`
+        dataset = load_from_disk(name_or_path)
+    else:
+        dataset = load_dataset(name_or_path, config_name, split=split)
     if "image" in dataset.column_names and "images" not in dataset.column_names:
         dataset = dataset.map(lambda row: {"images": [row["image"]] if row["image"] is not None else []},
                               remove_columns=["image"])
