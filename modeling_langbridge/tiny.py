@@ -81,7 +81,11 @@ def sentencepiece_style_tokenizer(corpus: list[str], vocab_size: int = 500) -> P
     (ordinary tokens, as in Llama's vocabulary), `<s>` prepended."""
     specials = ["<unk>", "<s>", "</s>"]
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    # Newlines stand apart, as in Llama's tokenizer (`<0x0A>`): no piece spans two lines.
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split("\n", behavior="isolated"),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first"),
+    ])
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
     tokenizer.train_from_iterator(corpus, trainer)
 
@@ -114,13 +118,15 @@ def sentencepiece_style_tokenizer(corpus: list[str], vocab_size: int = 500) -> P
     )
 
 
-def save_qwen2_style_llm(folder: str | Path, tokenizer=None, hidden_size: int = 64, num_layers: int = 2, seed: int = 0) -> Path:
-    """A small Qwen2 causal LM with a byte-level BPE tokenizer, saved as a transformers folder."""
+def save_qwen2_style_llm(folder: str | Path, tokenizer=None, hidden_size: int = 64, num_layers: int = 2, seed: int = 0,
+                         tie_word_embeddings: bool = True) -> Path:
+    """A small Qwen2 causal LM with a byte-level BPE tokenizer, saved as a transformers folder. Ties its output
+    head to its embeddings by default, as Qwen2-0.5B does."""
     tokenizer = tokenizer or byte_level_bpe_tokenizer(tiny_corpus())
     config = Qwen2Config(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=tie_word_embeddings, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     return _save_llm(Qwen2ForCausalLM, config, tokenizer, folder, seed)
 

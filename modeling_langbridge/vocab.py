@@ -199,12 +199,14 @@ class SharedVocabulary:
         return len(self.tokens)
 
     @classmethod
-    def build(cls, tokenizers: list, texts: Iterable[str], size: int, *, batch_size: int = 1000,
-              corpus_name: str = "", progress: bool = True) -> "SharedVocabulary":
-        """The `size` most frequent tokens present in every tokenizer.
+    def build(cls, tokenizers: list, texts: Iterable[str], size: int | None, *, batch_size: int = 1000,
+              corpus_name: str = "", progress: bool = True, min_count: int = 1) -> "SharedVocabulary":
+        """The `size` most frequent tokens present in every tokenizer (`None`: all that occur `min_count` times).
 
         Frequency is a token's occurrences when each tokenizer encodes the corpus, summed over tokenizers;
-        ties go to the first tokenizer's lower id (its earlier merge). The corpus is read once, in batches.
+        ties go to the first tokenizer's lower id (its earlier merge). A token the corpus never shows is left
+        out: nothing says it matters, and an LLM's embedding of a token it never saw is noise. The corpus is
+        read once, in batches.
         """
         if len(tokenizers) < 2:
             raise ValueError("A shared vocabulary needs at least two tokenizers.")
@@ -221,13 +223,16 @@ class SharedVocabulary:
             for token_id, n in counter.items():
                 if token_id in vocabulary.text_of:
                     counts[vocabulary.text_of[token_id]] += n
-        if len(shared) < size:
+        candidates = [text for text in shared if counts[text] >= min_count]
+        size = len(candidates) if size is None else size
+        if len(candidates) < size:
             raise ValueError(
-                f"The tokenizers share only {len(shared)} tokens in normal form; a vocabulary of {size} cannot be "
-                "drawn from them. Ask for a smaller size."
+                f"The tokenizers share {len(shared)} tokens in normal form, {len(candidates)} of them seen at least "
+                f"{min_count} time(s) in the corpus; a vocabulary of {size} cannot be drawn from them. Ask for at most "
+                f"{len(candidates)} tokens, or a larger corpus."
             )
         first = vocabularies[0].id_of
-        chosen = heapq.nsmallest(size, shared, key=lambda text: (-counts[text], first[text]))
+        chosen = heapq.nsmallest(size, candidates, key=lambda text: (-counts[text], first[text]))
         return cls(
             tokens=chosen,
             counts=[counts[text] for text in chosen],

@@ -120,7 +120,7 @@ def test_sft_variants_learn_what_they_should_and_save_a_loadable_folder(variant,
                                          add_generation_prompt=True)
     from PIL import Image
 
-    inputs = processor(images=[Image.open(next(world["images"].glob("1_*.png")))], text=[text], return_tensors="pt")
+    inputs = processor(images=[Image.open(next(world["images"].glob("s1_*.png")))], text=[text], return_tensors="pt")
     with torch.no_grad():
         merged_logits = model(**inputs).logits
         assert model.generate(**inputs, max_new_tokens=4, do_sample=False).shape[1] > inputs["input_ids"].shape[1]

@@ -49,3 +49,4 @@ def train_causal_lm(folder: str | Path, texts: list[str], steps: int = 300, batc
         losses.append(loss.item())
     model.save_pretrained(folder)
     return losses
+

@@ -1,7 +1,8 @@
 """A small synthetic vision-language world: scenes of coloured shapes, their captions, and questions about them.
 
 Deterministic from a seed, rendered with PIL, written in LLaVA's JSON layout (an image folder plus
-`conversations` records) so the training recipes read it exactly as they read real data.
+`conversations` records) and as a `datasets` dataset, so the training recipes read it as they read real data.
+Held-out questions are written as JSONL (image, question, answers, kind) for scoring by generation.
 """
 
 import json
@@ -13,9 +14,10 @@ from PIL import Image, ImageDraw
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
 SHAPES = ("circle", "square", "triangle")
-SIZES = {"small": 0.16, "large": 0.3}
+SIZES = {"small": 0.18, "large": 0.3}
 COLUMNS = ("left", "centre", "right")
-NUMBERS = ("zero", "one", "two", "three", "four")
+NUMBERS = ("zero", "one", "two", "three")
+QUESTION_KINDS = ("colour", "shape", "count", "position", "existence", "yes/no")
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,9 @@ def render(scene: list[Thing], size: int = 64, seed: int = 0) -> Image.Image:
     image = Image.new("RGB", (size, size), (245, 245, 240))
     draw = ImageDraw.Draw(image)
     for thing in sorted(scene, key=lambda t: t.column):
-        radius = SIZES[thing.size] * size / 2 * 1.6
+        radius = SIZES[thing.size] * size / 2  # a large shape (0.6 of a column) still fits its column
         cx = (thing.column + 0.5) * size / 3 + rng.uniform(-2, 2)
-        cy = size / 2 + rng.uniform(-size / 6, size / 6)
+        cy = size / 2 + rng.uniform(-size / 24, size / 24)  # shapes keep to the middle band, left to right
         box = [cx - radius, cy - radius, cx + radius, cy + radius]
         fill = COLOURS[thing.colour]
         if thing.shape == "circle":
@@ -64,44 +66,121 @@ def caption(scene: list[Thing]) -> str:
 
 
 def questions(scene: list[Thing], rng: random.Random) -> list[tuple[str, str, str]]:
-    """(kind, question, answer) about the scene: colour, shape, count, position, existence."""
+    """(kind, question, answer), one of each kind in QUESTION_KINDS. Answers are single words."""
     thing = rng.choice(scene)
-    absent = rng.choice([(s, c) for s in SHAPES for c in COLOURS if not any(t.shape == s and t.colour == c for t in scene)])
+    absent = [(s, c) for s in SHAPES for c in COLOURS if not any(t.shape == s and t.colour == c for t in scene)]
     present = rng.random() < 0.5
-    asked_shape, asked_colour = (thing.shape, thing.colour) if present else absent
+    asked_shape, asked_colour = (thing.shape, thing.colour) if present else rng.choice(absent)
+    claimed_column = thing.column if rng.random() < 0.5 else rng.choice([c for c in range(3) if c != thing.column])
     return [
         ("colour", f"What colour is the {thing.shape}?", thing.colour),
         ("shape", f"What shape is the {thing.colour} object?", thing.shape),
         ("count", "How many shapes are there?", NUMBERS[len(scene)]),
         ("position", f"Where is the {thing.colour} {thing.shape}?", COLUMNS[thing.column]),
         ("existence", f"Is there a {asked_colour} {asked_shape}?", "yes" if present else "no"),
+        ("yes/no", f"Is the {thing.colour} {thing.shape} on the {COLUMNS[claimed_column]}?",
+         "yes" if claimed_column == thing.column else "no"),
     ]
+
+
+def scenes(seed: int, count: int) -> list[tuple[list[Thing], int]]:
+    """`count` scenes with their rendering seeds, deterministic from `seed`."""
+    rng = random.Random(seed)
+    return [(random_scene(rng), rng.randrange(1 << 30)) for _ in range(count)]
+
+
+def write_split(folder: str | Path, name: str, seed: int, num_scenes: int, image_size: int = 64) -> dict:
+    """One split of the world: its images, and the same scenes as captions (stage 1), conversations (stage 2)
+    and single questions (scoring). Returns the paths written."""
+    folder = Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed + 1)
+    captions, conversations, evaluation = [], [], []
+    for n, (scene, render_seed) in enumerate(scenes(seed, num_scenes)):
+        image = f"{name}_{n:06d}.png"
+        render(scene, image_size, render_seed).save(folder / "images" / image)
+        captions.append({"id": f"{name}-{n}", "image": image, "conversations": [
+            {"from": "human", "value": "<image>\nDescribe the image briefly."}, {"from": "gpt", "value": caption(scene)}]})
+        asked = questions(scene, rng)
+        for kind, question, answer in asked:
+            evaluation.append({"image": image, "question": question, "answers": [answer], "kind": kind})
+        rng.shuffle(asked)
+        turns = []
+        for position, (_, question, answer) in enumerate(asked[:3]):
+            turns += [{"from": "human", "value": ("<image>\n" if position == 0 else "") + question},
+                      {"from": "gpt", "value": answer}]
+        conversations.append({"id": f"{name}-{n}", "image": image, "conversations": turns})
+    paths = {"images": folder / "images"}
+    for kind, records in (("captions", captions), ("conversations", conversations)):
+        paths[kind] = folder / f"{name}_{kind}.json"
+        paths[kind].write_text(json.dumps(records, indent=1))
+    paths["questions"] = folder / f"{name}_questions.jsonl"
+    paths["questions"].write_text("".join(json.dumps(r) + "\n" for r in evaluation))
+    return paths
+
+
+def write_messages_dataset(llava_json: str | Path, image_folder: str | Path, out: str | Path) -> Path:
+    """The same samples as a `datasets` dataset (`messages` + embedded `images`), saved with `save_to_disk`."""
+    from datasets import Dataset, Image as ImageFeature, Sequence
+
+    from .data import llava_record_to_sample
+
+    rows = {"messages": [], "images": []}
+    for record in json.loads(Path(llava_json).read_text()):
+        sample = llava_record_to_sample(record, image_folder)
+        rows["messages"].append(sample["messages"])
+        rows["images"].append(sample["images"])
+    Dataset.from_dict(rows).cast_column("images", Sequence(ImageFeature())).save_to_disk(out)
+    return Path(out)
+
+
+def scene_table(scene: list[Thing]) -> str:
+    """The scene as a table of words read row by row, the way an image's 3 x 3 patches are read: the sizes of
+    the left, centre and right shapes, then their colours, then their shapes (`none` for an empty column)."""
+    at = {thing.column: thing for thing in scene}
+    rows = [[getattr(at[c], attribute) if c in at else "none" for c in range(3)] for attribute in ("size", "colour", "shape")]
+    return " ".join(word for row in rows for word in row)
+
+
+def world_texts(seed: int, num_scenes: int) -> list[str]:
+    """What the world's LLMs read before they see an image. Like a real LLM's corpus, it teaches them to use
+    what came before: a scene table is followed by the sentence it makes, a description by questions about
+    it (answered from it), plus plain phrasing about the shapes. (A real LLM knows countless text formats; this
+    one knows the table, the form a word-by-word reading of an image's patches can take.)"""
+    rng = random.Random(seed)
+    documents = []
+    for scene, _ in scenes(seed, num_scenes):
+        asked = [f"{q} {a}." for _, q, a in questions(scene, rng)]
+        rng.shuffle(asked)
+        documents.append(scene_table(scene) + "\n" + caption(scene))
+        documents.append(caption(scene) + "\n" + "\n".join(asked[:3]))
+        if rng.random() < 0.7:  # reading skills first; plain phrasing now and then
+            continue
+        thing = rng.choice(scene)
+        documents.append(rng.choice([
+            f"The {thing.colour} {thing.shape} is {thing.size}.",
+            f"A {thing.shape} can be {', '.join(list(COLOURS)[:-1])} or {list(COLOURS)[-1]}.",
+            f"There are {NUMBERS[len(scene)]} shapes: " + ", ".join(t.shape for t in scene) + ".",
+            f"Left, centre and right are the three places a shape can be. This {thing.shape} is on the {COLUMNS[thing.column]}.",
+        ]))
+    return documents
+
+
+def world_dialogues(seed: int, num_scenes: int) -> list[list[dict]]:
+    """Chat conversations about described scenes: the user gives the description, the assistant answers."""
+    rng = random.Random(seed)
+    dialogues = []
+    for scene, _ in scenes(seed, num_scenes):
+        asked = rng.sample(questions(scene, rng), 2)
+        first = {"role": "user", "content": f"{caption(scene)}\n{asked[0][1]}"}
+        dialogues.append([first, {"role": "assistant", "content": asked[0][2]},
+                          {"role": "user", "content": asked[1][1]}, {"role": "assistant", "content": asked[1][2]}])
+    return dialogues
 
 
 def write_llava_dataset(folder: str | Path, num_scenes: int, seed: int = 0, kind: str = "caption",
                         image_size: int = 64) -> Path:
-    """Images in `folder/images`, records in `folder/{kind}.json` (LLaVA layout). `kind`: `caption` (one
-    image-caption pair per scene, as `blip_laion_cc_sbu_558k.json`) or `qa` (a multi-turn conversation per scene,
-    as `llava_v1_5_mix665k.json`)."""
-    folder = Path(folder)
-    (folder / "images").mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    records = []
-    for n in range(num_scenes):
-        scene = random_scene(rng)
-        name = f"{seed}_{n:06d}.png"
-        render(scene, image_size, seed=rng.randrange(1 << 30)).save(folder / "images" / name)
-        if kind == "caption":
-            conversation = [{"from": "human", "value": "<image>\nDescribe the image briefly."},
-                            {"from": "gpt", "value": caption(scene)}]
-        else:
-            turns = questions(scene, rng)
-            rng.shuffle(turns)
-            conversation = []
-            for position, (_, question, answer) in enumerate(turns[:2]):
-                conversation.append({"from": "human", "value": ("<image>\n" if position == 0 else "") + question})
-                conversation.append({"from": "gpt", "value": answer})
-        records.append({"id": f"{seed}-{n}", "image": name, "conversations": conversation})
-    path = folder / f"{kind}.json"
-    path.write_text(json.dumps(records, indent=1))
-    return path
+    """One LLaVA JSON file of the world: `caption` (one image-caption pair per scene, as
+    `blip_laion_cc_sbu_558k.json`) or `qa` (a multi-turn conversation per scene, as `llava_v1_5_mix665k.json`)."""
+    paths = write_split(folder, f"s{seed}", seed, num_scenes, image_size)
+    return paths["captions" if kind == "caption" else "conversations"]
