@@ -27,7 +27,7 @@ DEFAULT_MIN_COVERAGE = 0.8
 class Composed:
     model: LangBridgeForConditionalGeneration
     processor: LangBridgeProcessor
-    mapping: VocabularyMapping
+    mapping: VocabularyMapping | None
     notes: list[str] = field(default_factory=list)
 
     def save(self, out: str | Path) -> Path:
@@ -192,14 +192,16 @@ def compose(
     return Composed(model, processor, mapping, notes)
 
 
-def assemble(config: LangBridgeConfig, vision_tower, llm, tokenizer) -> LangBridgeForConditionalGeneration:
-    """The LangBridge model around already-loaded parts: they are moved in, not copied or re-initialised."""
+def assemble(config, vision_tower, llm, tokenizer, model_class=LangBridgeForConditionalGeneration,
+             projector_class=LangBridgeProjector):
+    """The VLM around already-loaded parts: they are moved in, not copied or re-initialised; only the projector
+    is new. The classes default to LangBridge's; LLaVA's make the MLP-connector baseline of the same parts."""
     with torch.device("meta"):
-        model = LangBridgeForConditionalGeneration(config)
+        model = model_class(config)
     model.model.vision_tower = vision_tower
     model.model.language_model = llm.base_model
     model.lm_head = llm.get_output_embeddings()
-    projector = LangBridgeProjector(config).to(llm.dtype)
+    projector = projector_class(config).to(llm.dtype)
     projector.apply(model._init_weights)
     model.model.multi_modal_projector = projector
     model.config.dtype = llm.dtype
@@ -210,6 +212,35 @@ def assemble(config: LangBridgeConfig, vision_tower, llm, tokenizer) -> LangBrid
     generation.suppress_tokens = [config.image_token_id]  # never generate a placeholder
     model.generation_config = generation
     return model.eval()
+
+
+def compose_llava(vision_model: str, language_model: str, *, vision_feature_layer: int = -2,
+                  dtype: str | torch.dtype = "auto") -> Composed:
+    """The LLaVA baseline of the same parts: transformers' `LlavaForConditionalGeneration`, whose MLP connector
+    (Linear -> GELU -> Linear) maps vision features straight into the LLM's embedding space, with the same
+    tokenizer preparation, chat template and image processing as `compose`."""
+    from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.llava.modeling_llava import LlavaMultiModalProjector
+
+    tokenizer = AutoTokenizer.from_pretrained(language_model)
+    chat, notes = prepare_tokenizer(tokenizer)
+    llm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype)
+    notes += fit_embeddings(llm, tokenizer)
+    vision_tower = load_vision_tower(vision_model, dtype=llm.dtype)
+    image_processor = AutoImageProcessor.from_pretrained(vision_model)
+    patch_size, extra_tokens, patches = vision_token_layout(vision_tower, image_processor)
+    strategy = "default" if extra_tokens == 1 else "full"
+    config = LlavaConfig(
+        vision_config=vision_tower.config, text_config=llm.config, image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=patches + (extra_tokens if strategy == "full" else 0), vision_feature_layer=vision_feature_layer,
+        vision_feature_select_strategy=strategy, projector_hidden_act="gelu",
+    )
+    model = assemble(config, vision_tower, llm, tokenizer, LlavaForConditionalGeneration, LlavaMultiModalProjector)
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=chat.template, patch_size=patch_size,
+        vision_feature_select_strategy=strategy, num_additional_image_tokens=extra_tokens, image_token=IMAGE_TOKEN,
+    )
+    return Composed(model, processor, None, notes)
 
 
 def _as_list(value) -> list:

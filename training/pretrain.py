@@ -57,7 +57,8 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
     # Save: the model folder, and the adapter on its own
     ################
     trainer.save_model(training_args.output_dir)  # the processor too
-    if trainer.is_world_process_zero():
+    trainer.save_state()  # trainer_state.json: the step and log history, read by `langbridge alignment`
+    if trainer.is_world_process_zero() and model.config.model_type == "langbridge":  # (the demo trains LLaVA too)
         adapter_dir = Path(training_args.output_dir) / "adapter"
         shutil.rmtree(adapter_dir, ignore_errors=True)
         LangBridgeAdapter.from_model(trainer.model, processor.tokenizer).save_pretrained(adapter_dir)

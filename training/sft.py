@@ -58,6 +58,7 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
     # Save
     ################
     trainer.save_model(training_args.output_dir)
+    trainer.save_state()  # trainer_state.json: the step and log history, read by `langbridge alignment`
     if model_args.use_peft and script_args.merge_lora and trainer.is_world_process_zero():
         save_merged(resolve_model(model_args.model_name_or_path, training_args.output_dir), training_args.output_dir, processor)
     return trainer
