@@ -154,6 +154,92 @@ def train_command(args) -> int:
     return 0
 
 
+def demo_command(args) -> int:
+    from training.demo import main as run_demo
+
+    run_demo(args.out, quick=args.quick, seed=args.seed)
+    return 0
+
+
+def load_for_analysis(model_dir):
+    """A model folder (ours through the registered Auto classes, or any LLaVA-style VLM) in eval mode."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    return model, AutoProcessor.from_pretrained(model_dir)
+
+
+def open_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path).convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise ValueError(f"cannot read the image {path} ({error}); give a PNG or JPEG file") from error
+
+
+def interpret_command(args) -> int:
+    from .alignment import read_nearest
+    from .evaluation import answer_one
+    from .interpret import draw_overlay, read_patches
+
+    model, processor = load_for_analysis(args.model)
+    image = open_image(args.image)
+    method = args.method or ("coefficients" if model.config.model_type == "langbridge" else "nearest")
+    if method == "coefficients":
+        reading = read_patches(model, processor, image, top_k=args.top_k)
+    else:
+        reading = read_nearest(model, processor, image, top_k=args.top_k)
+    answer = answer_one(model, processor, image, args.prompt) if args.prompt else None
+    title = f"{args.image.name}: top-{args.top_k} tokens by {'coefficient' if method == 'coefficients' else 'cosine similarity'}"
+    draw_overlay(image, reading, args.out, title=title + (f"  |  {args.prompt} -> {answer}" if answer is not None else ""))
+    print(f"Wrote {args.out} ({reading.grid[0]}x{reading.grid[1]} patches, method: {method})")
+    if args.json:
+        reading.to_json(args.json, method=method, prompt=args.prompt, answer=answer)
+        print(f"Wrote {args.json}")
+    return 0
+
+
+def eval_command(args) -> int:
+    from .evaluation import evaluate, read_questions
+
+    model, processor = load_for_analysis(args.model)
+    records = read_questions(args.data)
+    result = evaluate(model, processor, records, args.image_folder or args.data.parent, batch_size=args.batch_size,
+                      max_new_tokens=args.max_new_tokens, instruction=args.instruction)
+    out = args.out or args.data.with_suffix("")
+    paths = result.save(out)
+    print(result.table())
+    print("Wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def alignment_command(args) -> int:
+    from .alignment import alignment_curve, expand_checkpoints, plot_alignment, read_captions, save_points
+
+    checkpoints = expand_checkpoints(args.checkpoints)
+    if len(checkpoints) < 2:
+        raise ValueError(f"found {len(checkpoints)} checkpoint(s) in {args.checkpoints}; give two or more model folders "
+                         "(or a training output folder holding checkpoint-N folders)")
+    image_paths = [p for path in args.images for p in (sorted(path.glob("*.png")) + sorted(path.glob("*.jpg")) if path.is_dir() else [path])]
+    image_paths = image_paths[: args.max_images]
+    captions = None
+    if args.captions:
+        by_name = read_captions(args.captions)
+        missing = [p.name for p in image_paths if p.name not in by_name]
+        if missing:
+            raise ValueError(f"{args.captions} has no caption for {len(missing)} image(s), e.g. {missing[0]}")
+        captions = [by_name[p.name] for p in image_paths]
+    points = alignment_curve(checkpoints, [open_image(p) for p in image_paths], captions)
+    for point in points:
+        grounded = f", grounded {100 * point.grounded_share:.1f}%" if point.grounded_share is not None else ""
+        print(f"{point.checkpoint}: step {point.step}, mean top-1 cosine {point.mean_top1_cosine:.3f}{grounded}")
+    plot_alignment({"": points}, args.out)
+    save_points(points, args.out.with_suffix(".json"))
+    print(f"Wrote {args.out} and {args.out.with_suffix('.json')}")
+    return 0
+
+
 def quickstart_command(args) -> int:
     """Build tiny parts locally, compose them, and chat with the folder through the pipeline."""
     import torch
@@ -257,6 +343,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, type=Path, help="a recipe YAML (see configuration/)")
     p.epilog = "Further flags of SFTConfig, ModelConfig or LangBridgeArguments override the YAML, e.g. --max_steps 10."
     p.set_defaults(run=train_command)
+
+    p = commands.add_parser("demo", help="the paper's transfer experiment in miniature, on one CPU")
+    p.add_argument("--out", type=Path, default=Path("langbridge-demo"), help="output folder (stages are cached there)")
+    p.add_argument("--quick", action="store_true", help="small settings: minutes, a smoke test of the whole path")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=demo_command)
+
+    p = commands.add_parser("interpret", help="the vocabulary tokens each image patch is made of, drawn on the image")
+    p.add_argument("image", type=Path)
+    p.add_argument("--model", required=True, type=Path, help="a model folder (LangBridge, or LLaVA-style for --method nearest)")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--prompt", help="also ask the model this about the image; the answer goes in the title and JSON")
+    p.add_argument("--method", choices=["coefficients", "nearest"],
+                   help="coefficients: exact, LangBridge only (default for it); nearest: cosine similarity to the "
+                        "LLM's word embeddings, for any connector (default for others)")
+    p.add_argument("--out", required=True, type=Path, help="overlay PNG")
+    p.add_argument("--json", type=Path, help="also write tokens, weights and the patch grid as JSON")
+    p.set_defaults(run=interpret_command)
+
+    p = commands.add_parser("eval", help="VQA accuracy and exact match by generation, per category")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help='JSONL: {"image", "question", "answers", "kind"?} per line')
+    p.add_argument("--image-folder", type=Path, help="where relative image paths point (default: beside --data)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--instruction", help='appended to each question, e.g. "Answer the question using a single word or phrase."')
+    p.add_argument("--out", type=Path, help="prefix for predictions.jsonl / scores.json (default: beside --data)")
+    p.set_defaults(run=eval_command)
+
+    p = commands.add_parser("alignment", help="how visual tokens approach the word embeddings over training checkpoints")
+    p.add_argument("--checkpoints", required=True, nargs="+", type=Path,
+                   help="model folders in training order, or a training output folder with checkpoint-N folders")
+    p.add_argument("--images", required=True, nargs="+", type=Path, help="image files or folders")
+    p.add_argument("--captions", type=Path, help="captions per image: LLaVA JSON (image + conversations) or {image: caption}")
+    p.add_argument("--max-images", type=int, default=32)
+    p.add_argument("--out", required=True, type=Path, help="plot PNG (the figures go beside it as .json)")
+    p.set_defaults(run=alignment_command)
 
     p = commands.add_parser("quickstart", help="compose a tiny model from locally built parts and chat with it")
     p.add_argument("--out", type=Path, help="folder for the parts and the model (default: a temporary folder)")
