@@ -1,0 +1,132 @@
+"""`langbridge demo --quick` end to end: the report's structure (not its numbers), the stage cache, and the
+analysis commands (`interpret`, `alignment`, `eval`) on the models the demo trained."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from modeling_langbridge.cli import main
+from training.world import QUESTION_KINDS
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "run"
+    assert main(["demo", "--quick", "--out", str(out), "--seed", "3"]) == 0
+    return out
+
+
+def test_quick_demo_writes_a_complete_report_and_reuses_its_stages(demo, capsys):
+    out = demo
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["seed"] == 3 and results["quick"]
+    assert set(results["runs"]) == {"A", "B", "C", "D-llava", "D-langbridge"}
+    for run in results["runs"].values():
+        for split in ("validation", "test"):
+            scores = run["scores"][split]
+            assert set(scores["by_kind"]) == set(QUESTION_KINDS)
+            assert 0.0 <= scores["overall"]["vqa_accuracy"] <= 1.0 and scores["overall"]["count"] > 0
+    assert results["transfer"]["coverage"] > 0 and results["vocabulary"]["size"] == min(
+        results["settings"]["shared_vocab_size"], results["vocabulary"]["shared_and_seen"])
+    assert set(results["losses"]["pretrain"]) == {"A", "B", "C"} and len(results["losses"]["sft"]) == 5
+
+    report = (out / "report.md").read_text()
+    for section in ("## Test accuracy (%)", "## The parts", "## Validation accuracy (%)", "## Training curves",
+                    "Seed 3 (quick settings)", "![training curves](curves.png)", "![token overlay](overlay.png)",
+                    "![alignment](alignment/alignment.png)", "![nearest words, LLaVA](overlay_llava.png)"):
+        assert section in report, section
+    table = [line for line in report.split("## Test accuracy (%)")[1].splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + 5 and "% of A" in table[0] and "| A | " in table[1] and "100%" in table[1]
+    for picture in ("curves.png", "overlay.png", "overlay_llava.png", "alignment/alignment.png"):
+        with Image.open(out / picture) as image:
+            assert image.width > 300 and image.height > 200
+    for name in results["runs"]:
+        assert (out / "scores" / f"{name}_test_predictions.jsonl").exists()
+    assert (out / "pretrain" / "B-langbridge-llm1" / "adapter" / "langbridge_adapter.json").exists()
+    assert (out / "world" / "train_conversations.json").exists() and (out / "world" / "train_conversations_hf").is_dir()
+    assert set(results["alignment"]) == {"A: LLaVA MLP", "C: LangBridge", "plot"}
+    assert [p["step"] for p in results["alignment"]["A: LLaVA MLP"]] == [0, 20, 40]
+
+    # A second run finds every stage done and only rewrites the report.
+    assert main(["demo", "--quick", "--out", str(out), "--seed", "3"]) == 0
+    second = capsys.readouterr().out
+    assert second.count(": cached") == 17 and " ..." not in second.replace("[demo] done", "")
+    assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
+
+
+def test_interpret_reads_the_projectors_own_coefficients(demo, tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model_dir = demo / "sft" / "B"
+    image_path = sorted((demo / "world" / "images").glob("test_*.png"))[0]
+    overlay, readout = tmp_path / "overlay.png", tmp_path / "reading.json"
+    assert main(["interpret", str(image_path), "--model", str(model_dir), "--top-k", "3", "--out", str(overlay),
+                 "--json", str(readout), "--prompt", "How many shapes are there?"]) == 0
+    reading = json.loads(readout.read_text())
+    assert reading["grid"] == [3, 3] and reading["method"] == "coefficients" and isinstance(reading["answer"], str)
+    with Image.open(overlay) as picture:
+        assert picture.width >= 3 * 96 and picture.height >= 3 * 96
+
+    # The same coefficients, computed here from the weights in float64, not through the package.
+    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    pixels = processor.image_processor(Image.open(image_path).convert("RGB"), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[model.config.vision_feature_layer]
+        features = hidden[0, 1:].double()  # CLIP: the CLS token is dropped
+        projector = model.model.multi_modal_projector
+        layer = lambda linear, x: x @ linear.weight.double().T + linear.bias.double()  # noqa: E731
+        logits = layer(projector.vocab_proj, layer(projector.linear_2, F.gelu(layer(projector.linear_1, features))))
+        coefficients = logits.softmax(-1) if model.config.coefficient_activation == "softmax" else logits
+    weights, ids = coefficients.topk(3, dim=-1)
+    assert reading["token_ids"] == ids.tolist()
+    assert torch.allclose(torch.tensor(reading["weights"], dtype=torch.float64), weights, rtol=1e-4, atol=1e-5)
+    vocabulary = json.loads((demo / "vocabulary" / "shared_vocabulary.json").read_text())["tokens"]
+    assert reading["tokens"] == [[vocabulary[i] for i in row] for row in ids.tolist()]
+
+
+def test_alignment_plots_the_llava_runs_checkpoints(demo, tmp_path):
+    plot = tmp_path / "alignment.png"
+    world = demo / "world"
+    images = [str(p) for p in sorted((world / "images").glob("test_*.png"))[:6]]
+    assert main(["alignment", "--checkpoints", str(demo / "pretrain" / "A-llava-llm2"), "--images", *images,
+                 "--captions", str(world / "test_captions.json"), "--out", str(plot)]) == 0
+    points = json.loads(plot.with_suffix(".json").read_text())
+    assert [p["step"] for p in points] == [20, 40, 40]  # two checkpoints, then the finished run
+    assert all(0 < p["mean_top1_cosine"] <= 1 and 0 <= p["grounded_share"] <= 1 and p["patches"] == 6 * 9 for p in points)
+    with Image.open(plot) as picture:
+        assert picture.width > 500
+
+
+def test_eval_writes_predictions_and_scores_them(demo, tmp_path):
+    """Reference answers built around the model's own first answers, so every score is known beforehand."""
+    world = demo / "world"
+    questions = [json.loads(line) for line in (world / "test_questions.jsonl").read_text().splitlines()[:4]]
+    first = tmp_path / "first.jsonl"
+    first.write_text("".join(json.dumps(q) + "\n" for q in questions))
+    model = str(demo / "sft" / "A")
+    assert main(["eval", "--model", model, "--data", str(first), "--image-folder", str(world / "images"),
+                 "--max-new-tokens", "4"]) == 0
+    said = [json.loads(line)["prediction"] for line in (tmp_path / "first_predictions.jsonl").read_text().splitlines()]
+
+    other = "zzz"
+    cases = [
+        ([said[0]] * 10, 1.0),                  # ten annotators agree with the model
+        ([said[1]] * 2 + [other] * 8, 0.6),     # two of ten: VQA gives 0.6, not 0.2
+        ([other] * 10, 0.0),
+        ([f"The {said[3].upper()}!"], 1.0),     # one reference, normalised: case, article, punctuation
+    ]
+    known = tmp_path / "known.jsonl"
+    known.write_text("".join(json.dumps({**q, "answers": answers, "kind": "hand"}) + "\n"
+                             for q, (answers, _) in zip(questions, cases)))
+    assert main(["eval", "--model", model, "--data", str(known), "--image-folder", str(world / "images"),
+                 "--max-new-tokens", "4", "--out", str(tmp_path / "scored")]) == 0
+    scores = json.loads((tmp_path / "scored_scores.json").read_text())
+    assert scores["overall"]["vqa_accuracy"] == pytest.approx(sum(score for _, score in cases) / 4)
+    assert scores["by_kind"]["hand"]["count"] == 4
+    predictions = [json.loads(line) for line in (tmp_path / "scored_predictions.jsonl").read_text().splitlines()]
+    assert [p["vqa_accuracy"] for p in predictions] == pytest.approx([score for _, score in cases])
