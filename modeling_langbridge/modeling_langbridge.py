@@ -26,6 +26,15 @@ from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
 
 from .configuration_langbridge import LangBridgeConfig, vocabulary_entry_ids
+from .projection_langbridge import (
+    DEFAULT_CHUNK_TOKENS,
+    FoldedCache,
+    folded_matrices,
+    folding_pays,
+    linear_combination,
+    naive_combination,
+    softmax_combination,
+)
 
 
 def vocabulary_buffers(vocab_token_ids: list | None, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -50,8 +59,11 @@ class LangBridgeProjector(nn.Module):
     """Vision features -> coefficients over the shared vocabulary -> the same mix of the LLM's embeddings.
 
     `h = Linear(Dv, H) -> act -> Linear(H, H) -> Linear(H, T)`; coefficients are `h` (official code) or
-    `softmax(h)` (the paper's text); the visual token is `coefficients @ E`.
+    `softmax(h)` (the paper's text); the visual token is `coefficients @ E`. The forward pass computes that
+    without [tokens x T] tensors (see projection_langbridge.py); `coefficients` gives them when asked.
     """
+
+    softmax_chunk_tokens = DEFAULT_CHUNK_TOKENS
 
     def __init__(self, config: LangBridgeConfig):
         super().__init__()
@@ -71,6 +83,12 @@ class LangBridgeProjector(nn.Module):
         # Official-checkpoint fidelity only (see `LangBridgeConfig.frozen_vocab_embeddings`): a saved copy of E.
         frozen = torch.zeros(config.shared_vocab_size, config.text_config.hidden_size) if config.frozen_vocab_embeddings else None
         self.register_buffer("frozen_embeddings", frozen, persistent=True)
+        self.embedding_width = config.text_config.hidden_size
+        self.folded_cache = FoldedCache()
+
+    def train(self, mode: bool = True):
+        self.folded_cache.clear()  # training changes W, b and E: the inference cache starts afresh afterwards
+        return super().train(mode)
 
     def set_vocabulary(self, vocab_token_ids: list) -> None:
         """Point the projector at other token ids (same T): what moving it to another LLM amounts to."""
@@ -85,12 +103,16 @@ class LangBridgeProjector(nn.Module):
         self.composed_token_ids = composed_token_ids.to(device)
         self.has_vocabulary = True
 
-    def coefficients(self, image_features: torch.Tensor) -> torch.Tensor:
-        """Per visual token, the weight of each shared-vocabulary token: [..., T]."""
+    def hidden_states(self, image_features: torch.Tensor) -> torch.Tensor:
+        """`Linear(Dv, H) -> act -> Linear(H, H)`: the [..., H] input of the vocabulary layer."""
         # The projector may be kept in another dtype than the tower (e.g. float32 in a bf16 QLoRA run).
         image_features = image_features.to(self.linear_1.weight.dtype)
-        hidden = self.linear_2(self.act(self.linear_1(image_features)))
-        logits = self.vocab_proj(hidden)
+        return self.linear_2(self.act(self.linear_1(image_features)))
+
+    def coefficients(self, image_features: torch.Tensor) -> torch.Tensor:
+        """Per visual token, the weight of each shared-vocabulary token: [..., T]. Computed only when asked
+        (interpretation); the forward pass never forms them."""
+        logits = self.vocab_proj(self.hidden_states(image_features))
         if self.combine_in_float32:
             logits = logits.float()
         return logits.softmax(dim=-1) if self.coefficient_activation == "softmax" else logits
@@ -114,10 +136,28 @@ class LangBridgeProjector(nn.Module):
         return embeddings
 
     def forward(self, image_features: torch.Tensor, embed_tokens: nn.Module) -> torch.Tensor:
-        coefficients = self.coefficients(image_features)
-        embeddings = self.vocab_embeddings(embed_tokens)
-        visual_tokens = coefficients @ embeddings.to(coefficients.dtype)
-        return visual_tokens.to(embeddings.dtype)
+        """Visual tokens `coefficients @ E` [..., D], in the embeddings' dtype."""
+        hidden = self.hidden_states(image_features)
+        dtype = torch.float32 if self.combine_in_float32 else hidden.dtype
+        weight, bias = self.vocab_proj.weight.to(dtype), self.vocab_proj.bias.to(dtype)
+        if self.coefficient_activation == "softmax":
+            embeddings = self.vocab_embeddings(embed_tokens)
+            visual_tokens = softmax_combination(hidden.to(dtype), weight, bias, embeddings.to(dtype), self.softmax_chunk_tokens)
+            return visual_tokens.to(embeddings.dtype)
+
+        sources = [self.vocab_proj.weight, self.vocab_proj.bias, self.vocab_token_ids, self.composed_token_ids,
+                   *([self.frozen_embeddings] if self.frozen_embeddings is not None else embed_tokens.parameters())]
+        cacheable = not self.training and FoldedCache.usable(*sources)
+        if not cacheable and not folding_pays(hidden.numel() // hidden.shape[-1], *self.vocab_proj.weight.shape, self.embedding_width):
+            embeddings = self.vocab_embeddings(embed_tokens)  # few tokens: the literal product is cheaper than folding
+            return naive_combination(hidden.to(dtype), weight, bias, embeddings.to(dtype), "none").to(embeddings.dtype)
+
+        def fold():
+            embeddings = self.vocab_embeddings(embed_tokens)
+            return (*folded_matrices(weight, bias, embeddings.to(dtype)), embeddings.dtype)
+
+        mixed, shift, embeddings_dtype = self.folded_cache.get(sources, fold) if cacheable else fold()
+        return linear_combination(hidden.to(dtype), mixed, shift).to(embeddings_dtype)
 
 
 @dataclass

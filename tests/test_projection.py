@@ -1,0 +1,119 @@
+"""The fast projection paths against the literal formula: outputs and gradients, gradcheck, the inference cache."""
+
+import pytest
+import torch
+
+from modeling_langbridge.projection_langbridge import (
+    folded_matrices,
+    folding_pays,
+    linear_combination,
+    naive_combination,
+    softmax_combination,
+)
+
+N, H, T, D = 300, 32, 500, 48  # 300 tokens in chunks of 64: four whole chunks and a partial one
+
+
+def inputs(dtype, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    make = lambda *shape, scale=1.0: (torch.randn(*shape, generator=generator, dtype=torch.float64) * scale).to(dtype)  # noqa: E731
+    return [make(N, H).requires_grad_(), make(T, H, scale=0.3).requires_grad_(), make(T, scale=0.3).requires_grad_(),
+            make(T, D).requires_grad_()]
+
+
+def fast(activation, hidden, weight, bias, embeddings):
+    if activation == "softmax":
+        return softmax_combination(hidden, weight, bias, embeddings, chunk=64)
+    return linear_combination(hidden, *folded_matrices(weight, bias, embeddings))
+
+
+def relative_error(got: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((got.double() - reference).norm() / reference.norm()).item()
+
+
+@pytest.mark.parametrize("activation", ["none", "softmax"])
+def test_fast_path_matches_float64_reference_in_outputs_and_gradients(activation):
+    reference_inputs = inputs(torch.float64)
+    reference = naive_combination(*reference_inputs, activation)
+    upstream = torch.randn(N, D, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    reference_grads = torch.autograd.grad(reference, reference_inputs, upstream)
+
+    fast_inputs = inputs(torch.float32)
+    out = fast(activation, *fast_inputs)
+    grads = torch.autograd.grad(out, fast_inputs, upstream.float())
+    naive_inputs = inputs(torch.float32)
+    naive = naive_combination(*naive_inputs, activation)
+    naive_grads = torch.autograd.grad(naive, naive_inputs, upstream.float())
+
+    assert relative_error(out, reference) < 1e-5
+    for name, got, naive_grad, expected in zip(("input", "W", "b", "E"), grads, naive_grads, reference_grads):
+        error = relative_error(got, expected)
+        assert error < 1e-5, (name, error)
+        assert error <= 10 * max(relative_error(naive_grad, expected), 1e-7), (name, error)  # as good as naive float32
+
+
+@pytest.mark.parametrize("activation", ["none", "softmax"])
+def test_gradcheck_in_float64(activation):
+    generator = torch.Generator().manual_seed(2)
+    small = [torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
+             for shape in ((7, 4), (9, 4), (9,), (9, 5))]
+    if activation == "softmax":
+        function = lambda h, w, b, e: softmax_combination(h, w, b, e, chunk=3)  # noqa: E731
+    else:
+        function = lambda h, w, b, e: linear_combination(h, *folded_matrices(w, b, e))  # noqa: E731
+    assert torch.autograd.gradcheck(function, small)
+
+
+def test_softmax_path_keeps_no_tokens_by_vocabulary_tensor():
+    """What autograd keeps for backward: the inputs, the output and a log-sum-exp per token, nothing [N x T]."""
+    hidden, weight, bias, embeddings = inputs(torch.float32)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        softmax_combination(hidden, weight, bias, embeddings, chunk=64)
+    assert (N, T) not in saved and (64, T) not in saved and (N,) in saved and (N, D) in saved
+    naive_saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: naive_saved.append(tuple(t.shape)) or t, lambda t: t):
+        naive_combination(hidden, weight, bias, embeddings, "softmax")
+    assert (N, T) in naive_saved  # the tensors the chunked path avoids
+
+
+def test_folding_is_chosen_when_it_saves_work():
+    assert folding_pays(8192, 19200, 1024, 896) and folding_pays(2048, 19200, 1024, 896)
+    assert not folding_pays(576, 19200, 5120, 3584)  # one image at the paper's sizes: literal product, unless cached
+    assert folding_pays(32 * 576, 19200, 5120, 3584)
+
+
+def test_projector_inference_cache_follows_weight_and_embedding_changes(qwen_clip_dir):
+    from transformers import AutoModelForImageTextToText
+
+    model = AutoModelForImageTextToText.from_pretrained(qwen_clip_dir).eval()
+    projector = model.model.multi_modal_projector
+    embed = model.get_input_embeddings()
+    features = torch.randn(2, 9, projector.linear_1.in_features)
+
+    def literal():
+        with torch.no_grad():
+            return naive_combination(projector.hidden_states(features).float(), projector.vocab_proj.weight.float(),
+                                     projector.vocab_proj.bias.float(), projector.vocab_embeddings(embed).float(), "none")
+
+    with torch.no_grad():
+        first = projector(features, embed)
+        assert projector.folded_cache.value is not None
+        cached = projector.folded_cache.value[0]
+        torch.testing.assert_close(projector(features, embed), first)
+        assert projector.folded_cache.value[0] is cached  # reused, not rebuilt
+        torch.testing.assert_close(first, literal(), rtol=1e-5, atol=1e-5)
+
+        projector.vocab_proj.weight.mul_(2)  # an optimizer-style in-place update
+        torch.testing.assert_close(projector(features, embed), literal(), rtol=1e-5, atol=1e-5)
+        embed.weight[projector.vocab_token_ids[0]] += 1.0  # the LLM's embeddings change
+        after = projector(features, embed)
+        torch.testing.assert_close(after, literal(), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(after, first)
+
+    model.train()
+    assert projector.folded_cache.value is None
+    out = projector(features, embed)  # training: folded afresh with gradients, nothing cached
+    out.sum().backward()
+    assert projector.vocab_proj.weight.grad is not None and embed.weight.grad is not None
+    assert projector.folded_cache.value is None
