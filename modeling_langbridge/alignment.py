@@ -120,7 +120,8 @@ def expand_checkpoints(paths: list[str | Path]) -> list[Path]:
     when it holds the final model."""
     folders = []
     for path in map(Path, paths):
-        inner = sorted((p for p in path.glob("checkpoint-*") if (p / "config.json").exists()), key=checkpoint_step)
+        inner = sorted((p for p in path.glob("checkpoint-*") if (p / "config.json").exists()),
+                       key=lambda p: checkpoint_step(p) or 0)
         if inner:
             folders += inner + ([path] if (path / "config.json").exists() else [])
         else:

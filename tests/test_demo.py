@@ -39,7 +39,8 @@ def test_quick_demo_writes_a_complete_report_and_reuses_its_stages(demo, capsys)
                     "Seed 3 (quick settings)", "![training curves](curves.png)", "![token overlay](overlay.png)",
                     "![alignment](alignment/alignment.png)", "![nearest words, LLaVA](overlay_llava.png)"):
         assert section in report, section
-    table = [line for line in report.split("## Test accuracy (%)")[1].splitlines() if line.startswith("| ")]
+    section = report.split("## Test accuracy (%)")[1].split("\n## ")[0]
+    table = [line for line in section.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + 5 and "% of A" in table[0] and "| A | " in table[1] and "100%" in table[1]
     for picture in ("curves.png", "overlay.png", "overlay_llava.png", "alignment/alignment.png"):
         with Image.open(out / picture) as image:
