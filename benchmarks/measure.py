@@ -46,10 +46,5 @@ def measure(module_name: str, case: str, repeats: int = 3, **options) -> dict:
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def ratio_line(label: str, new: dict, old: dict, what: str = "time") -> str:
-    return (f"{label}: time {new['seconds']:.3f}s vs {old['seconds']:.3f}s -> {new['seconds'] / old['seconds']:.2f}x, "
-            f"peak memory {new['peak_mb']:.0f}MB vs {old['peak_mb']:.0f}MB -> {new['peak_mb'] / max(old['peak_mb'], 1e-9):.2f}x")
-
-
 if __name__ == "__main__":
     child(sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]))

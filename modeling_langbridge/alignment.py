@@ -32,11 +32,6 @@ def visual_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return torch.stack(list(tokens))
 
 
-def candidate_ids(tokenizer) -> list[int]:
-    """Ordinary, readable tokens of the tokenizer: no special, added or byte-fallback tokens, no bare spaces."""
-    return TokenizerVocabulary(tokenizer).word_like_ids()
-
-
 def nearest_tokens(vectors: torch.Tensor, embeddings: torch.Tensor, top_k: int = 3, chunk: int = 4096):
     """Cosine similarity of each vector [N, D] to each embedding [V, D]; the top-k (similarities, row indices)."""
     keys = F.normalize(embeddings.float(), dim=-1)
@@ -53,8 +48,8 @@ class NearestWords:
     """The LLM's readable vocabulary, ready to look up visual tokens' nearest words (built once per model)."""
 
     def __init__(self, model, tokenizer):
-        self.ids = candidate_ids(tokenizer)
         vocabulary = TokenizerVocabulary(tokenizer)
+        self.ids = vocabulary.word_like_ids()  # no special, added or byte-fallback tokens, no bare spaces
         self.words = [vocabulary.text_of[i] for i in self.ids]
         embedding = model.get_input_embeddings()
         with torch.no_grad():

@@ -108,31 +108,34 @@ def prompt_for(processor, question: str, instruction: str | None) -> str:
     )
 
 
-def answer_one(model, processor, image: Image.Image, question: str, max_new_tokens: int = 32) -> str:
-    """The model's greedy reply to one question about one image."""
-    inputs = processor(images=[image], text=[prompt_for(processor, question, None)], return_tensors="pt").to(model.device)
+def greedy_answers(model, processor, images: list[Image.Image], questions: list[str], instruction: str | None = None,
+                   max_new_tokens: int = 16) -> list[str]:
+    """The model's greedy reply to each question about its image, as one left-padded batch."""
+    processor.tokenizer.padding_side = "left"
+    texts = [prompt_for(processor, question, instruction) for question in questions]
+    inputs = processor(images=images, text=texts, return_tensors="pt", padding=True).to(model.device)
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    answers = processor.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [answer.strip() for answer in answers]
+
+
+def answer_one(model, processor, image: Image.Image, question: str, max_new_tokens: int = 32) -> str:
+    """The model's greedy reply to one question about one image."""
+    return greedy_answers(model, processor, [image], [question], max_new_tokens=max_new_tokens)[0]
 
 
 def evaluate(model, processor, records: list[dict], image_root: str | Path | None = None, batch_size: int = 32,
              max_new_tokens: int = 16, instruction: str | None = None, progress: bool = True) -> EvalResult:
     """Greedy answers to every question, scored per kind and overall."""
     root = Path(image_root) if image_root else None
-    processor.tokenizer.padding_side = "left"
     model.eval()
     predictions = []
     for start in tqdm(range(0, len(records), batch_size), desc="Answering", unit=" batches", disable=not progress):
         batch = records[start : start + batch_size]
         images = [Image.open(root / r["image"] if root else r["image"]).convert("RGB") for r in batch]
-        texts = [prompt_for(processor, r["question"], instruction) for r in batch]
-        inputs = processor(images=images, text=texts, return_tensors="pt", padding=True).to(model.device)
-        with torch.no_grad():
-            output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        answers = processor.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        answers = greedy_answers(model, processor, images, [r["question"] for r in batch], instruction, max_new_tokens)
         for record, answer in zip(batch, answers):
-            answer = answer.strip()
             predictions.append({**record, "prediction": answer, "vqa_accuracy": vqa_accuracy(answer, record["answers"]),
                                 "exact_match": exact_match(answer, record["answers"])})
     return summarize(predictions)

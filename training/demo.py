@@ -303,8 +303,7 @@ def score(stages: Stages, world: dict, finetuned: dict) -> dict:
                 evaluation = evaluate(model, processor, read_questions(world[split]["questions"]), world[split]["images"],
                                       batch_size=64, max_new_tokens=4)
                 results[name][split] = evaluation.to_dict()
-                with open(folder / f"{name}_{split}_predictions.jsonl", "w") as file:
-                    file.writelines(json.dumps(p) + "\n" for p in evaluation.predictions)
+                evaluation.save(folder / f"{name}_{split}")
         return results
 
     return stages.run("scores", SFT, work)

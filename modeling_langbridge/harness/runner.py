@@ -74,8 +74,9 @@ class HarnessRunner:
     def loglikelihood(self, context: str, continuation: str, visuals: list[Image.Image]) -> tuple[float, bool]:
         """Sum of log-probabilities of `continuation` after `context`, and whether greedy decoding gives it."""
         images = [image.convert("RGB") for image in visuals]
-        prompt = self.inputs([self.prompt(context, len(images))], images)
-        full = self.inputs([self.prompt(context, len(images)) + continuation], images)
+        text = self.prompt(context, len(images))
+        prompt = self.inputs([text], images)
+        full = self.inputs([text + continuation], images)
         start = prompt["input_ids"].shape[1]
         with torch.no_grad():
             logits = self.model(**full).logits[0, start - 1 : -1].float()
