@@ -1,8 +1,9 @@
 """Side-by-side measurement: each case runs in a fresh Python process, so its peak memory is its own.
 
-A case is a function `setup() -> step` in a benchmark module; the child process calls `setup`, notes its peak
-resident memory, runs `step` once to warm up (the memory peak of a step shows there), then `repeats` more
-times for the time. Reported: the median step time and the step's peak memory above what setup held.
+A case is a function `setup() -> step` in a benchmark module; the child process calls `setup`, notes the
+resident memory it holds and resets the kernel's high-water mark (so setup's own transients do not hide the
+step's), runs `step` once to warm up (the memory peak of a step shows there), then `repeats` more times for
+the time. Reported: the median step time and the step's peak memory above what setup held.
 """
 
 import json
@@ -11,6 +12,24 @@ import statistics
 import subprocess
 import sys
 import time
+
+
+def status_mb(field: str) -> float:
+    """A memory line of /proc/self/status (VmRSS: now, VmHWM: the high-water mark), in MB."""
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def reset_peak() -> bool:
+    """Linux resets VmHWM to the current RSS when "5" is written to clear_refs (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def peak_rss_mb() -> float:
@@ -25,9 +44,14 @@ def child(module_name: str, case: str, repeats: int, options: dict) -> None:
     torch.manual_seed(0)
     module = importlib.import_module(module_name)
     step = module.CASES[case](**options)
-    before = peak_rss_mb()
-    step()
-    peak = peak_rss_mb() - before
+    if reset_peak():
+        before = status_mb("VmRSS")
+        step()
+        peak = status_mb("VmHWM") - before
+    else:  # no clear_refs: the peak above setup's own peak, which setup's transients may hide
+        before = peak_rss_mb()
+        step()
+        peak = peak_rss_mb() - before
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

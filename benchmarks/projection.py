@@ -1,11 +1,14 @@
 """The projection alone, forward + backward, new against the literal formula, both activations.
 
 Proportions of Qwen2-0.5B + CLIP-L: T = 19,200 shared tokens, D = 896; H scaled from 5,120 to fit a CPU.
+Two cases for E: trained (SFT that trains the LLM's embeddings: the step must also produce dE [T x D]) and
+frozen (stage 1, and SFT with the embeddings frozen or LoRA: gradients reach W and b only).
 
-    python -m benchmarks.projection [--tokens 2048 8192] [--hidden 512] [--repeats 3]
+    python -m benchmarks.projection [--tokens 2048 8192] [--hidden 512] [--embeddings trained frozen] [--repeats 3]
 """
 
 import argparse
+import itertools
 
 import torch
 
@@ -21,12 +24,12 @@ from .measure import measure
 T, D = 19200, 896
 
 
-def make_step(path: str, activation: str, tokens: int, hidden: int):
-    def parameter(*shape, scale):
-        return (torch.randn(*shape) * scale).requires_grad_()
+def make_step(path: str, activation: str, tokens: int, hidden: int, embeddings: str = "trained"):
+    def parameter(*shape, scale, trained=True):
+        return (torch.randn(*shape) * scale).requires_grad_(trained)
 
-    h, weight, bias, embeddings = parameter(tokens, hidden, scale=1.0), parameter(T, hidden, scale=hidden ** -0.5), \
-        parameter(T, scale=0.01), parameter(T, D, scale=0.02)
+    h, weight, bias = parameter(tokens, hidden, scale=1.0), parameter(T, hidden, scale=hidden ** -0.5), parameter(T, scale=0.01)
+    embeddings = parameter(T, D, scale=0.02, trained=embeddings == "trained")
     upstream = torch.randn(tokens, D)
 
     def step():
@@ -50,19 +53,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[2048, 8192])
     parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--embeddings", nargs="+", choices=["trained", "frozen"], default=["trained", "frozen"])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     print(f"projection forward+backward, T={T}, D={D}, H={args.hidden}, median of {args.repeats} after a warm-up, "
           f"{torch.get_num_threads()} threads")
-    for activation in ("none", "softmax"):
-        for tokens in args.tokens:
-            options = {"activation": activation, "tokens": tokens, "hidden": args.hidden}
-            naive = measure("benchmarks.projection", "projection", args.repeats, path="naive", **options)
-            new = measure("benchmarks.projection", "projection", args.repeats, path="new", **options)
-            print(f"  {activation:7s} {tokens:5d} tokens: time {new['seconds']:.3f}s vs naive {naive['seconds']:.3f}s -> "
-                  f"{new['seconds'] / naive['seconds']:.2f}x ({naive['seconds'] / new['seconds']:.1f}x faster); "
-                  f"peak step memory {new['peak_mb']:.0f}MB vs {naive['peak_mb']:.0f}MB -> {new['peak_mb'] / naive['peak_mb']:.2f}x",
-                  flush=True)
+    for embeddings, activation, tokens in itertools.product(args.embeddings, ("none", "softmax"), args.tokens):
+        options = {"activation": activation, "tokens": tokens, "hidden": args.hidden, "embeddings": embeddings}
+        naive = measure("benchmarks.projection", "projection", args.repeats, path="naive", **options)
+        new = measure("benchmarks.projection", "projection", args.repeats, path="new", **options)
+        print(f"  E {embeddings:7s} {activation:7s} {tokens:5d} tokens: time {new['seconds']:.3f}s vs naive {naive['seconds']:.3f}s -> "
+              f"{new['seconds'] / naive['seconds']:.2f}x ({naive['seconds'] / new['seconds']:.1f}x faster); "
+              f"peak step memory {new['peak_mb']:.0f}MB vs {naive['peak_mb']:.0f}MB -> {new['peak_mb'] / naive['peak_mb']:.2f}x",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -53,6 +53,19 @@ def test_fast_path_matches_float64_reference_in_outputs_and_gradients(activation
 
 
 @pytest.mark.parametrize("activation", ["none", "softmax"])
+def test_frozen_embeddings_get_no_gradient_and_the_rest_stay_exact(activation):
+    """Stage 1 (the LLM frozen): E needs no gradient; the input, W and b still get theirs."""
+    hidden, weight, bias, embeddings = inputs(torch.float64)
+    embeddings.requires_grad_(False)
+    upstream = torch.randn(N, D, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expected = torch.autograd.grad(naive_combination(hidden, weight, bias, embeddings, activation), (hidden, weight, bias), upstream)
+    fast(activation, hidden, weight, bias, embeddings).backward(upstream)
+    assert embeddings.grad is None
+    for tensor, reference in zip((hidden, weight, bias), expected):
+        assert relative_error(tensor.grad, reference) < 1e-10
+
+
+@pytest.mark.parametrize("activation", ["none", "softmax"])
 def test_gradcheck_in_float64(activation):
     generator = torch.Generator().manual_seed(2)
     small = [torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
