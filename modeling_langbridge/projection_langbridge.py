@@ -25,34 +25,9 @@ def naive_combination(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     return coefficients @ embeddings
 
 
-class FoldedMatrices(torch.autograd.Function):
-    """`W^T E` [H, D] and `b E` [D], with a backward that writes each gradient once, in its parameter's layout:
-    dW = E dM^T and dE = W dM + b (x) d(bE). Plain autograd would hand W a transposed gradient that
-    AccumulateGrad then copies, and E two [T, D] gradients to add: tensors the size of the parameters."""
-
-    @staticmethod
-    def forward(ctx, weight, bias, embeddings):
-        ctx.save_for_backward(weight, bias, embeddings)
-        return weight.T @ embeddings, bias @ embeddings
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_mixed, grad_shift):
-        weight, bias, embeddings = ctx.saved_tensors
-        if grad_mixed is None:
-            grad_mixed = weight.new_zeros(weight.shape[1], embeddings.shape[1])
-        if grad_shift is None:
-            grad_shift = bias.new_zeros(embeddings.shape[1])
-        needs_weight, needs_bias, needs_embeddings = ctx.needs_input_grad
-        grad_weight = torch.mm(embeddings, grad_mixed.T) if needs_weight else None
-        grad_bias = torch.mv(embeddings, grad_shift) if needs_bias else None
-        grad_embeddings = torch.mm(weight, grad_mixed).addr_(bias, grad_shift) if needs_embeddings else None
-        return grad_weight, grad_bias, grad_embeddings
-
-
 def folded_matrices(weight: torch.Tensor, bias: torch.Tensor, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`W^T E` [H, D] and `b E` [D]: the whole linear map from h to the visual token."""
-    return FoldedMatrices.apply(weight, bias, embeddings)
+    return weight.T @ embeddings, bias @ embeddings
 
 
 def folding_pays(tokens: int, vocab_size: int, hidden_size: int, embedding_size: int) -> bool:
