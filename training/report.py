@@ -84,7 +84,7 @@ def plot_overlays(model_dir: str, questions_file: str, image_folder: str, path: 
 def llm_facts(llm: dict) -> str:
     return (f"text loss {llm['first_loss']:.2f} -> {llm['final_loss']:.2f}; on unseen scenes it writes the exact caption "
             f"for {percent(llm['captions_copied'])}% of scene tables and answers {percent(llm['answers_from_caption'])}% of "
-            "questions from a caption")
+            f"questions from a caption, {percent(llm['answers_from_table'])}% from a table")
 
 
 def alignment_table(alignment: dict) -> str:
@@ -133,7 +133,7 @@ for LangBridge (C vs D-langbridge). The transferred adapter (B) scored {100 * ov
 | part | what | measured |
 |---|---|---|
 | world | {s['train_scenes']} / {s['validation_scenes']} / {s['test_scenes']} scenes (train / validation / test), {s['image_size']}px | colour, shape, count, position, existence, yes/no questions |
-| vision encoder | CLIPVisionModel, {s['vision_layers']} layers, width {s['vision_hidden']}, trained on column attributes, then frozen | column accuracy {percent(results['vision']['column_accuracy'])}% on unseen scenes |
+| vision encoder | CLIPVisionModel, {s['vision_layers']} layers, width {s['vision_hidden']}, trained to tell what stands in each patch's column, then frozen | patch accuracy {percent(results['vision']['patch_accuracy'])}% on unseen scenes |
 | LLM-1 | Qwen2-style, byte-level BPE, width {s['llm1_hidden']}, {s['llm1_layers']} layers | {llm_facts(results['llms']['llm1'])} |
 | LLM-2 | Llama-style, SentencePiece-style, width {s['llm2_hidden']}, {s['llm2_layers']} layers | {llm_facts(results['llms']['llm2'])} |
 | shared vocabulary | {results['vocabulary']['size']} tokens common to both tokenizers, by corpus frequency | coverage {', '.join(percent(c) + '%' for c in results['vocabulary']['coverage'])} (LLM-1, LLM-2) |

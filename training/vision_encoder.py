@@ -2,8 +2,8 @@
 frozen in LLaVA. It is an ordinary `CLIPVisionModel` folder with a `CLIPImageProcessor`, so `compose` loads it
 like any real tower.
 
-The objective: for each of the three columns, which of the 24 kinds of shape (shape x colour x size) stands
-there, or none. Solving it needs colour, shape, size and place, what the world's questions ask about.
+The objective: every patch says what stands in its column, one of 36 (shape x colour x count) or nothing. So
+each patch carries its column's colour, shape and count: what the world's questions ask about.
 """
 
 from pathlib import Path
@@ -13,33 +13,16 @@ from torch import nn
 from tqdm.auto import tqdm
 from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
 
-from .world import COLOURS, SHAPES, SIZES, render, scenes
+from .world import COLOURS, SHAPES, render, scenes
 
-KINDS = [(s, c, z) for s in SHAPES for c in COLOURS for z in SIZES]
-
-
-def column_labels(scene) -> list[int]:
-    """Per column, 0 for empty or 1 + the index of the kind of shape standing there."""
-    labels = [0, 0, 0]
-    for thing in scene:
-        labels[thing.column] = 1 + KINDS.index((thing.shape, thing.colour, thing.size))
-    return labels
+KINDS = [(s, c, n) for s in SHAPES for c in COLOURS for n in (1, 2, 3)]
 
 
-class AttributeHead(nn.Module):
-    """Reads the three columns' contents off the encoder's patch features (pooled per column)."""
-
-    def __init__(self, hidden_size: int, grid: int):
-        super().__init__()
-        self.grid = grid
-        self.classify = nn.Linear(hidden_size, 1 + len(KINDS))
-
-    def forward(self, patches: torch.Tensor) -> torch.Tensor:  # [batch, grid*grid, hidden] -> [batch, 3, classes]
-        batch, _, hidden = patches.shape
-        by_column = patches.view(batch, self.grid, self.grid, hidden)
-        edges = torch.linspace(0, self.grid, 4).round().long().tolist()
-        pooled = [by_column[:, :, edges[c]:edges[c + 1]].mean(dim=(1, 2)) for c in range(3)]
-        return self.classify(torch.stack(pooled, dim=1))
+def patch_labels(scene, grid: int) -> list[int]:
+    """Per patch (row-major), 0 when its column is empty, else 1 + the index of the kind standing there."""
+    edges = torch.linspace(0, grid, 4).round().long().tolist()
+    kind = 1 + KINDS.index((scene.shape, scene.colour, scene.count))
+    return [kind if edges[scene.column] <= x < edges[scene.column + 1] else 0 for _ in range(grid) for x in range(grid)]
 
 
 def train_vision_encoder(folder: str | Path, *, image_size: int = 64, patch_size: int = 8, hidden_size: int = 64,
@@ -47,7 +30,7 @@ def train_vision_encoder(folder: str | Path, *, image_size: int = 64, patch_size
                          seed: int = 0, progress: bool = True) -> dict:
     """Train the encoder on freshly rendered scenes (a stream: no image is seen twice) and save it.
 
-    Returns the accuracy of the column predictions on 256 unseen scenes.
+    Returns the accuracy of the patch predictions on 256 unseen scenes.
     """
     torch.manual_seed(seed)
     config = CLIPVisionConfig(
@@ -55,14 +38,15 @@ def train_vision_encoder(folder: str | Path, *, image_size: int = 64, patch_size
         image_size=image_size, patch_size=patch_size, projection_dim=hidden_size,
     )
     encoder = CLIPVisionModel(config)
-    head = AttributeHead(hidden_size, image_size // patch_size)
+    grid = image_size // patch_size
+    head = nn.Linear(hidden_size, 1 + len(KINDS))
     processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     optimizer = torch.optim.AdamW([*encoder.parameters(), *head.parameters()], lr=learning_rate, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.1)
 
     def batch_of(scene_list):
         pixels = processor([render(scene, image_size, render_seed) for scene, render_seed in scene_list], return_tensors="pt")
-        labels = torch.tensor([column_labels(scene) for scene, _ in scene_list])
+        labels = torch.tensor([patch_labels(scene, grid) for scene, _ in scene_list])
         return pixels["pixel_values"], labels
 
     def logits(pixel_values):
@@ -86,4 +70,4 @@ def train_vision_encoder(folder: str | Path, *, image_size: int = 64, patch_size
         accuracy = (logits(pixel_values).argmax(-1) == labels).float().mean().item()
     encoder.save_pretrained(folder)
     processor.save_pretrained(folder)
-    return {"column_accuracy": accuracy, "steps": steps}
+    return {"patch_accuracy": accuracy, "steps": steps}

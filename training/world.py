@@ -14,76 +14,80 @@ from PIL import Image, ImageDraw
 
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30)}
 SHAPES = ("circle", "square", "triangle")
-SIZES = {"small": 0.18, "large": 0.3}
 COLUMNS = ("left", "centre", "right")
 NUMBERS = ("zero", "one", "two", "three")
 QUESTION_KINDS = ("colour", "shape", "count", "position", "existence", "yes/no")
 
 
 @dataclass(frozen=True)
-class Thing:
+class Scene:
+    """One kind of shape, drawn `count` times one above the other in one column. One kind per scene keeps every
+    question a matter of reading the picture, not of binding attributes to objects (beyond LLMs this small)."""
+
     shape: str
     colour: str
-    size: str
     column: int  # 0 left, 1 centre, 2 right
+    rows: tuple[int, ...]  # the rows (0 top .. 2 bottom) a copy stands in
+
+    @property
+    def count(self) -> int:
+        return len(self.rows)
 
     @property
     def name(self) -> str:
-        return f"{self.size} {self.colour} {self.shape}"
+        return f"{self.colour} {self.shape}"
 
 
-def random_scene(rng: random.Random, max_things: int = 3) -> list[Thing]:
-    """One to `max_things` shapes, each in its own column, no two alike in shape and colour."""
-    count = rng.randint(1, max_things)
-    columns = rng.sample(range(3), count)
-    kinds = rng.sample([(s, c) for s in SHAPES for c in COLOURS], count)
-    return [Thing(shape, colour, rng.choice(list(SIZES)), column) for (shape, colour), column in zip(kinds, columns)]
+def random_scene(rng: random.Random) -> Scene:
+    count = rng.randint(1, 3)
+    return Scene(rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.randrange(3), tuple(sorted(rng.sample(range(3), count))))
 
 
-def render(scene: list[Thing], size: int = 64, seed: int = 0) -> Image.Image:
+def render(scene: Scene, size: int = 64, seed: int = 0) -> Image.Image:
     """The scene on a light background, with a little jitter so no two renderings are the same."""
     rng = random.Random(seed)
     image = Image.new("RGB", (size, size), (245, 245, 240))
     draw = ImageDraw.Draw(image)
-    for thing in sorted(scene, key=lambda t: t.column):
-        radius = SIZES[thing.size] * size / 2  # a large shape (0.6 of a column) still fits its column
-        cx = (thing.column + 0.5) * size / 3 + rng.uniform(-2, 2)
-        cy = size / 2 + rng.uniform(-size / 24, size / 24)  # shapes keep to the middle band, left to right
+    cell = size / 3
+    for row in scene.rows:
+        radius = cell * rng.uniform(0.26, 0.34)
+        cx = (scene.column + 0.5) * cell + rng.uniform(-cell / 12, cell / 12)
+        cy = (row + 0.5) * cell + rng.uniform(-cell / 12, cell / 12)
         box = [cx - radius, cy - radius, cx + radius, cy + radius]
-        fill = COLOURS[thing.colour]
-        if thing.shape == "circle":
+        fill = COLOURS[scene.colour]
+        if scene.shape == "circle":
             draw.ellipse(box, fill=fill)
-        elif thing.shape == "square":
+        elif scene.shape == "square":
             draw.rectangle(box, fill=fill)
         else:
             draw.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=fill)
     return image
 
 
-def caption(scene: list[Thing]) -> str:
-    parts = [f"a {t.name} on the {COLUMNS[t.column]}" for t in sorted(scene, key=lambda t: t.column)]
-    return (", ".join(parts[:-1]) + " and " + parts[-1] if len(parts) > 1 else parts[0]) + "."
+def caption(scene: Scene) -> str:
+    plural = "s" if scene.count > 1 else ""
+    return f"{NUMBERS[scene.count]} {scene.name}{plural} on the {COLUMNS[scene.column]}."
 
 
-def questions(scene: list[Thing], rng: random.Random) -> list[tuple[str, str, str]]:
+def questions(scene: Scene, rng: random.Random) -> list[tuple[str, str, str]]:
     """(kind, question, answer), one of each kind in QUESTION_KINDS. Answers are single words."""
-    thing = rng.choice(scene)
-    absent = [(s, c) for s in SHAPES for c in COLOURS if not any(t.shape == s and t.colour == c for t in scene)]
     present = rng.random() < 0.5
-    asked_shape, asked_colour = (thing.shape, thing.colour) if present else rng.choice(absent)
-    claimed_column = thing.column if rng.random() < 0.5 else rng.choice([c for c in range(3) if c != thing.column])
+    others = [(s, c) for s in SHAPES for c in COLOURS if (s, c) != (scene.shape, scene.colour)
+              and (s == scene.shape or c == scene.colour)]  # absent kinds that share a word with the one present
+    asked_shape, asked_colour = (scene.shape, scene.colour) if present else rng.choice(others)
+    claimed_column = scene.column if rng.random() < 0.5 else rng.choice([c for c in range(3) if c != scene.column])
     return [
-        ("colour", f"What colour is the {thing.shape}?", thing.colour),
-        ("shape", f"What shape is the {thing.colour} object?", thing.shape),
-        ("count", "How many shapes are there?", NUMBERS[len(scene)]),
-        ("position", f"Where is the {thing.colour} {thing.shape}?", COLUMNS[thing.column]),
+        ("colour", f"What colour is the {scene.shape}?", scene.colour),
+        ("shape", f"What shape is the {scene.colour} object?", scene.shape),
+        ("count", "How many shapes are there?", NUMBERS[scene.count]),
+        ("position", f"Where is the {scene.name}?", COLUMNS[scene.column]),
         ("existence", f"Is there a {asked_colour} {asked_shape}?", "yes" if present else "no"),
-        ("yes/no", f"Is the {thing.colour} {thing.shape} on the {COLUMNS[claimed_column]}?",
-         "yes" if claimed_column == thing.column else "no"),
+        ("yes/no", f"Is the {scene.name} on the {COLUMNS[claimed_column]}?",
+         "yes" if claimed_column == scene.column else "no"),
     ]
 
 
-def scenes(seed: int, count: int) -> list[tuple[list[Thing], int]]:
+def scenes(seed: int, count: int) -> list[tuple[Scene, int]]:
     """`count` scenes with their rendering seeds, deterministic from `seed`."""
     rng = random.Random(seed)
     return [(random_scene(rng), rng.randrange(1 << 30)) for _ in range(count)]
@@ -134,11 +138,11 @@ def write_messages_dataset(llava_json: str | Path, image_folder: str | Path, out
     return Path(out)
 
 
-def scene_table(scene: list[Thing]) -> str:
-    """The scene as a table of words read row by row, the way an image's 3 x 3 patches are read: the sizes of
-    the left, centre and right shapes, then their colours, then their shapes (`none` for an empty column)."""
-    at = {thing.column: thing for thing in scene}
-    rows = [[getattr(at[c], attribute) if c in at else "none" for c in range(3)] for attribute in ("size", "colour", "shape")]
+def scene_table(scene: Scene) -> str:
+    """The scene as a table of words read row by row, the way an image's 3 x 3 patches are read: the count in
+    the left, centre and right columns, then their colours, then their shapes (`none` for an empty column)."""
+    rows = [[word if column == scene.column else "none" for column in range(3)]
+            for word in (NUMBERS[scene.count], scene.colour, scene.shape)]
     return " ".join(word for row in rows for word in row)
 
 
@@ -156,12 +160,11 @@ def world_texts(seed: int, num_scenes: int) -> list[str]:
         documents.append(caption(scene) + "\n" + "\n".join(asked[:3]))
         if rng.random() < 0.7:  # reading skills first; plain phrasing now and then
             continue
-        thing = rng.choice(scene)
         documents.append(rng.choice([
-            f"The {thing.colour} {thing.shape} is {thing.size}.",
-            f"A {thing.shape} can be {', '.join(list(COLOURS)[:-1])} or {list(COLOURS)[-1]}.",
-            f"There are {NUMBERS[len(scene)]} shapes: " + ", ".join(t.shape for t in scene) + ".",
-            f"Left, centre and right are the three places a shape can be. This {thing.shape} is on the {COLUMNS[thing.column]}.",
+            f"The {scene.shape} is {scene.colour}.",
+            f"A {scene.shape} can be {', '.join(list(COLOURS)[:-1])} or {list(COLOURS)[-1]}.",
+            f"There are {NUMBERS[scene.count]} shapes here, all of them {scene.colour}.",
+            f"Left, centre and right are the three places a shape can be. This {scene.shape} is on the {COLUMNS[scene.column]}.",
         ]))
     return documents
 
