@@ -29,6 +29,7 @@ from .configuration_langbridge import LangBridgeConfig, vocabulary_entry_ids
 from .projection_langbridge import (
     DEFAULT_CHUNK_TOKENS,
     FoldedCache,
+    autocast_off,
     folded_matrices,
     folding_pays,
     linear_combination,
@@ -138,7 +139,13 @@ class LangBridgeProjector(nn.Module):
     def forward(self, image_features: torch.Tensor, embed_tokens: nn.Module) -> torch.Tensor:
         """Visual tokens `coefficients @ E` [..., D], in the embeddings' dtype."""
         hidden = self.hidden_states(image_features)
-        dtype = torch.float32 if self.combine_in_float32 else hidden.dtype
+        if not self.combine_in_float32:
+            return self.combine(hidden, embed_tokens, hidden.dtype)
+        with autocast_off(hidden):  # float32 means float32 under a Trainer's bf16 autocast too
+            return self.combine(hidden, embed_tokens, torch.float32)
+
+    def combine(self, hidden: torch.Tensor, embed_tokens: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+        """`coefficients(hidden) @ E` computed in `dtype`, without forming the coefficients."""
         weight, bias = self.vocab_proj.weight.to(dtype), self.vocab_proj.bias.to(dtype)
         if self.coefficient_activation == "softmax":
             embeddings = self.vocab_embeddings(embed_tokens)

@@ -5,16 +5,28 @@ embeddings of the shared vocabulary [T, D]:
 
 - no activation (the official numerics): `(h W^T + b) E = h (W^T E) + b E`. The [H, D] matrix `W^T E` is formed
   once per call (per step in training, once at inference: see `FoldedCache`), so a token costs H*D instead of
-  H*T + T*D and no [N, T] tensor exists. Plain autograd carries the gradients to h, W, b and E.
+  H*T + T*D and no [N, T] tensor exists. `FoldedMatrices` carries the gradients on to W, b and E.
 - softmax: attention with fixed keys `W` (bias `b`) and values `E`. `SoftmaxCombination` runs over chunks of
   tokens and keeps only the output and each token's log-sum-exp; backward recomputes a chunk's coefficients.
 
 Carried with checkpoints as remote code, so it imports torch only.
 """
 
+import contextlib
+
 import torch
 
 DEFAULT_CHUNK_TOKENS = 1024
+
+
+def autocast_off(tensor: torch.Tensor):
+    """Run in the dtype the caller chose. Under autocast (a Trainer's bf16 mixed precision) the products inside
+    the autograd functions below would come out bf16 and their backward would mix dtypes; and the float32
+    combination (`combine_in_float32`, the official numerics) would silently run in bf16."""
+    device = tensor.device.type
+    if torch.amp.is_autocast_available(device):
+        return torch.autocast(device, enabled=False)
+    return contextlib.nullcontext()
 
 
 def naive_combination(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, embeddings: torch.Tensor,
@@ -25,9 +37,32 @@ def naive_combination(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Te
     return coefficients @ embeddings
 
 
+class FoldedMatrices(torch.autograd.Function):
+    """`W^T E` [H, D] and `b E` [D], with a backward that writes each parameter's gradient once, in its layout:
+    dW = E dM^T [T, H] and dE = W dM + b (x) d(bE) [T, D]. Plain autograd gives W a transposed gradient that
+    AccumulateGrad copies, and E two [T, D] terms to add: transients the size of the parameters themselves."""
+
+    @staticmethod
+    def forward(ctx, weight, bias, embeddings):
+        ctx.save_for_backward(weight, bias, embeddings)
+        with autocast_off(weight):
+            return weight.T @ embeddings, bias @ embeddings
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_mixed, grad_shift):
+        weight, bias, embeddings = ctx.saved_tensors
+        needs_weight, needs_bias, needs_embeddings = ctx.needs_input_grad
+        with autocast_off(weight):
+            grad_weight = torch.mm(embeddings, grad_mixed.T) if needs_weight else None
+            grad_bias = torch.mv(embeddings, grad_shift) if needs_bias else None
+            grad_embeddings = torch.mm(weight, grad_mixed).addr_(bias, grad_shift) if needs_embeddings else None
+        return grad_weight, grad_bias, grad_embeddings
+
+
 def folded_matrices(weight: torch.Tensor, bias: torch.Tensor, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`W^T E` [H, D] and `b E` [D]: the whole linear map from h to the visual token."""
-    return weight.T @ embeddings, bias @ embeddings
+    return FoldedMatrices.apply(weight, bias, embeddings)
 
 
 def folding_pays(tokens: int, vocab_size: int, hidden_size: int, embedding_size: int) -> bool:
@@ -47,6 +82,16 @@ class SoftmaxCombination(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, embeddings, chunk):
+        with autocast_off(hidden):
+            return SoftmaxCombination.chunked_forward(ctx, hidden, weight, bias, embeddings, chunk)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        with autocast_off(grad_out):
+            return SoftmaxCombination.chunked_backward(ctx, grad_out)
+
+    @staticmethod
+    def chunked_forward(ctx, hidden, weight, bias, embeddings, chunk):
         out = hidden.new_empty(hidden.shape[0], embeddings.shape[1])
         log_sum_exp = hidden.new_empty(hidden.shape[0])
         for start in range(0, hidden.shape[0], chunk):
@@ -62,7 +107,7 @@ class SoftmaxCombination(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, grad_out):
+    def chunked_backward(ctx, grad_out):
         hidden, weight, bias, embeddings, out, log_sum_exp = ctx.saved_tensors
         needs_hidden, needs_weight, needs_bias, needs_embeddings = ctx.needs_input_grad[:4]
         grad_out = grad_out.contiguous()

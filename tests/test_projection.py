@@ -77,6 +77,27 @@ def test_gradcheck_in_float64(activation):
     assert torch.autograd.gradcheck(function, small)
 
 
+@pytest.mark.parametrize("activation", ["none", "softmax"])
+def test_autograd_functions_compute_in_their_inputs_dtype_under_autocast(activation):
+    """A Trainer's bf16 mixed precision runs the model under autocast; the functions keep float32 inputs float32."""
+    tensors = inputs(torch.float32)
+
+    def outputs_and_grads():
+        if activation == "softmax":
+            outputs = (softmax_combination(*tensors, chunk=64),)
+        else:
+            outputs = folded_matrices(*tensors[1:])
+        return outputs, torch.autograd.grad(sum(o.sum() for o in outputs), tensors, allow_unused=True)
+
+    plain, plain_grads = outputs_and_grads()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under, grads = outputs_and_grads()
+    for got, expected in zip(under, plain):
+        assert got.dtype == torch.float32 and torch.equal(got, expected)
+    for got, expected in zip(grads, plain_grads):
+        assert (got is None) == (expected is None) and (got is None or torch.equal(got, expected))
+
+
 def test_softmax_path_keeps_no_tokens_by_vocabulary_tensor():
     """What autograd keeps for backward: the inputs, the output and a log-sum-exp per token, nothing [N x T]."""
     hidden, weight, bias, embeddings = inputs(torch.float32)

@@ -3,6 +3,7 @@ what they drop, and that they resume and run as two DDP processes."""
 
 import hashlib
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -338,3 +339,28 @@ def test_a_hub_style_pair_is_composed_before_training(parts, world, tmp_path):
     run_recipe(pretrain, config)
     assert AutoModelForImageTextToText.from_pretrained(out / "composed").config.shared_vocab_size == 64
     assert (out / "adapter" / "langbridge_adapter.json").exists()
+
+
+@pytest.mark.parametrize("folder_fixture", ["qwen_clip_dir", "llama_siglip_dir"])  # raw-logit and softmax coefficients
+def test_bf16_mixed_precision_trains_and_keeps_the_combination_in_float32(folder_fixture, world, tmp_path, request):
+    """`bf16: true` (as the shipped recipes set) runs the model under autocast: the projector's autograd functions
+    must still work, and the float32 combination must stay float32 rather than be recast to bf16."""
+    folder = request.getfixturevalue(folder_fixture)
+    config = write_config(tmp_path / "sft.yaml", model_name_or_path=str(folder), dataset=str(world["qa"]),
+                          image_folder=str(world["images"]), output_dir=str(tmp_path / "out"), max_steps=2,
+                          per_device_train_batch_size=2, bf16=True)
+    trainer = run_recipe(sft, config)
+    assert trainer.state.global_step == 2 and all(math.isfinite(log["loss"]) for log in trainer.state.log_history if "loss" in log)
+    assert "model.multi_modal_projector.vocab_proj.weight" in changed(parameters(folder), parameters(tmp_path / "out"))
+
+    model = AutoModelForImageTextToText.from_pretrained(folder)
+    projector, embed = model.model.multi_modal_projector, model.get_input_embeddings()
+    features = torch.randn(2, 5, projector.linear_1.in_features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        hidden = projector.hidden_states(features)  # the MLP itself runs in bf16, as autocast means it to
+        visual_tokens = projector(features, embed)
+    logits = torch.nn.functional.linear(hidden.double(), projector.vocab_proj.weight.double(), projector.vocab_proj.bias.double())
+    coefficients = logits.softmax(-1) if projector.coefficient_activation == "softmax" else logits
+    expected = coefficients @ projector.vocab_embeddings(embed).double()
+    assert visual_tokens.dtype == torch.float32
+    assert ((visual_tokens.double() - expected).norm() / expected.norm()).item() < 1e-5  # bf16 would be ~1e-2
