@@ -1,9 +1,14 @@
-"""Side-by-side measurement: each case runs in a fresh Python process, so its peak memory is its own.
+"""Side-by-side measurement of a benchmark's variants (e.g. new against naive), each number from a fresh process.
 
-A case is a function `setup() -> step` in a benchmark module; the child process calls `setup`, notes the
-resident memory it holds and resets the kernel's high-water mark (so setup's own transients do not hide the
-step's), runs `step` once to warm up (the memory peak of a step shows there), then `repeats` more times for
-the time. Reported: the median step time and the step's peak memory above what setup held.
+A case is a function `setup(**options) -> step` in a benchmark module. Two kinds of child process:
+
+- memory, one per variant: setup, note the resident memory it holds, reset the kernel's high-water mark (so setup's
+  own transients do not hide the step's), run one step, read the peak above setup. A step may return the MB of
+  gradients it leaves behind (the same for every method): reported too, so the step's working memory (peak less
+  those) can be read apart from them.
+- time, one for all variants: set every variant up, warm each up once, then alternate them step by step (the
+  order reversed every round), so a slow spell of a shared machine falls on every side alike, not on whichever
+  process ran then. Reported: each variant's median step time.
 """
 
 import json
@@ -12,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 
 def status_mb(field: str) -> float:
@@ -36,39 +42,64 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def child(module_name: str, case: str, repeats: int, options: dict) -> None:
+def setup(module_name: str, case: str, options: dict):
     import importlib
 
     import torch
 
     torch.manual_seed(0)
-    module = importlib.import_module(module_name)
-    step = module.CASES[case](**options)
+    return importlib.import_module(module_name).CASES[case](**options)
+
+
+def child_memory(module_name: str, case: str, options: dict) -> dict:
+    step = setup(module_name, case, options)
     if reset_peak():
         before = status_mb("VmRSS")
-        step()
+        gradients = step()
         peak = status_mb("VmHWM") - before
     else:  # no clear_refs: the peak above setup's own peak, which setup's transients may hide
         before = peak_rss_mb()
-        step()
+        gradients = step()
         peak = peak_rss_mb() - before
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    print("RESULT " + json.dumps({"seconds": statistics.median(times), "peak_mb": peak, "times": times}))
+    return {"peak_mb": peak, "gradients_mb": gradients}
 
 
-def measure(module_name: str, case: str, repeats: int = 3, **options) -> dict:
-    """Run one case in a fresh process and return its median seconds and peak step memory (MB)."""
-    command = [sys.executable, "-m", "benchmarks.measure", module_name, case, str(repeats), json.dumps(options)]
-    done = subprocess.run(command, capture_output=True, text=True)
+def child_times(module_name: str, case: str, variants: dict, repeats: int) -> dict:
+    steps = {name: setup(module_name, case, options) for name, options in variants.items()}
+    for step in steps.values():
+        step()  # warm-up
+    times = {name: [] for name in steps}
+    for round_index in range(repeats):
+        for name in list(steps) if round_index % 2 == 0 else list(steps)[::-1]:
+            start = time.perf_counter()
+            steps[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def run_child(*arguments) -> dict:
+    command = [sys.executable, "-m", "benchmarks.measure", *arguments]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
-        raise RuntimeError(f"{module_name}:{case} failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(arguments[:3])} failed:\n{done.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT "):])
 
 
+def compare(module_name: str, case: str, variants: dict[str, dict], repeats: int = 5) -> dict[str, dict]:
+    """Per variant: its peak step memory (a fresh process each), the gradients it returns, and its median step
+    time over `repeats` steps alternated with the other variants' in one process."""
+    results = {name: run_child("memory", module_name, case, json.dumps(options)) for name, options in variants.items()}
+    times = run_child("times", module_name, case, json.dumps(variants), str(repeats))
+    for name, result in results.items():
+        result.update(seconds=statistics.median(times[name]), times=times[name])
+    return results
+
+
 if __name__ == "__main__":
-    child(sys.argv[1], sys.argv[2], int(sys.argv[3]), json.loads(sys.argv[4]))
+    kind, module, case_name, *rest = sys.argv[1:]
+    if kind == "memory":
+        result = child_memory(module, case_name, json.loads(rest[0]))
+    else:
+        result = child_times(module, case_name, json.loads(rest[0]), int(rest[1]))
+    print("RESULT " + json.dumps(result))

@@ -3,14 +3,14 @@ a full training step (forward + backward + AdamW; vision tower frozen, connector
 generation tokens/s. Small configs with the proportions of Qwen2-0.5B + CLIP-L/336 (widths 896 and 1024,
 576 patches, T = 19,200 shared tokens), fewer layers; no softmax (the official numerics).
 
-    python -m benchmarks.model_step [--repeats 3]
+    python -m benchmarks.model_step [--repeats 5] [--generation-repeats 10]
 """
 
 import argparse
 
 import torch
 
-from .measure import measure
+from .measure import compare
 
 T = 19200
 
@@ -84,16 +84,20 @@ CASES = {"train_step": train_step, "generation": generation}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--generation-repeats", type=int, default=10, help="a generation is a quarter of a step: more of them")
     args = parser.parse_args()
-    print(f"LangBridge vs LLaVA, same parts; median of {args.repeats} after a warm-up, {torch.get_num_threads()} threads")
-    llava = measure("benchmarks.model_step", "train_step", args.repeats, kind="llava")
-    langbridge = measure("benchmarks.model_step", "train_step", args.repeats, kind="langbridge")
+    print(f"LangBridge vs LLaVA, same parts; peak memory from a fresh process per side; time: median of {args.repeats} "
+          f"training steps ({args.generation_repeats} generations) per side after a warm-up, alternated in one process; "
+          f"{torch.get_num_threads()} threads")
+    sides = {kind: {"kind": kind} for kind in ("llava", "langbridge")}
+    step = compare("benchmarks.model_step", "train_step", sides, args.repeats)
+    llava, langbridge = step["llava"], step["langbridge"]
     print(f"  training step: {langbridge['seconds']:.3f}s vs LLaVA {llava['seconds']:.3f}s -> "
           f"{langbridge['seconds'] / llava['seconds']:.2f}x time; peak step memory {langbridge['peak_mb']:.0f}MB vs "
           f"{llava['peak_mb']:.0f}MB -> {langbridge['peak_mb'] / llava['peak_mb']:.2f}x", flush=True)
-    llava = measure("benchmarks.model_step", "generation", args.repeats, kind="llava")
-    langbridge = measure("benchmarks.model_step", "generation", args.repeats, kind="langbridge")
+    generation = compare("benchmarks.model_step", "generation", sides, args.generation_repeats)
+    llava, langbridge = generation["llava"], generation["langbridge"]
     print(f"  generation (1 image, 32 new tokens): {32 / langbridge['seconds']:.1f} vs LLaVA {32 / llava['seconds']:.1f} "
           f"tokens/s -> {llava['seconds'] / langbridge['seconds']:.2f}x LLaVA's tokens/s", flush=True)
 

@@ -4,7 +4,7 @@ Proportions of Qwen2-0.5B + CLIP-L: T = 19,200 shared tokens, D = 896; H scaled 
 Two cases for E: trained (SFT that trains the LLM's embeddings: the step must also produce dE [T x D]) and
 frozen (stage 1, and SFT with the embeddings frozen or LoRA: gradients reach W and b only).
 
-    python -m benchmarks.projection [--tokens 2048 8192] [--hidden 512] [--embeddings trained frozen] [--repeats 3]
+    python -m benchmarks.projection [--tokens 2048 8192] [--hidden 512] [--embeddings trained frozen] [--repeats 5]
 """
 
 import argparse
@@ -19,7 +19,7 @@ from modeling_langbridge.projection_langbridge import (
     softmax_combination,
 )
 
-from .measure import measure
+from .measure import compare
 
 T, D = 19200, 896
 
@@ -42,6 +42,7 @@ def make_step(path: str, activation: str, tokens: int, hidden: int, embeddings: 
         else:
             out = linear_combination(h, *folded_matrices(weight, bias, embeddings))
         out.backward(upstream)
+        return sum(t.grad.nbytes for t in (h, weight, bias, embeddings) if t.grad is not None) / 2**20
 
     return step
 
@@ -54,17 +55,22 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[2048, 8192])
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--embeddings", nargs="+", choices=["trained", "frozen"], default=["trained", "frozen"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    print(f"projection forward+backward, T={T}, D={D}, H={args.hidden}, median of {args.repeats} after a warm-up, "
-          f"{torch.get_num_threads()} threads")
+    print(f"projection forward+backward, T={T}, D={D}, H={args.hidden}; peak memory from a fresh process per side; time: "
+          f"median of {args.repeats} steps per side after a warm-up, alternated in one process; {torch.get_num_threads()} threads")
     for embeddings, activation, tokens in itertools.product(args.embeddings, ("none", "softmax"), args.tokens):
         options = {"activation": activation, "tokens": tokens, "hidden": args.hidden, "embeddings": embeddings}
-        naive = measure("benchmarks.projection", "projection", args.repeats, path="naive", **options)
-        new = measure("benchmarks.projection", "projection", args.repeats, path="new", **options)
+        both = compare("benchmarks.projection", "projection", {side: {"path": side, **options} for side in ("naive", "new")},
+                       args.repeats)
+        naive, new = both["naive"], both["new"]
+        gradients = new["gradients_mb"]  # the same tensors whatever the method: dh, dW, db (and dE)
         print(f"  E {embeddings:7s} {activation:7s} {tokens:5d} tokens: time {new['seconds']:.3f}s vs naive {naive['seconds']:.3f}s -> "
               f"{new['seconds'] / naive['seconds']:.2f}x ({naive['seconds'] / new['seconds']:.1f}x faster); "
-              f"peak step memory {new['peak_mb']:.0f}MB vs {naive['peak_mb']:.0f}MB -> {new['peak_mb'] / naive['peak_mb']:.2f}x",
+              f"peak step memory {new['peak_mb']:.0f}MB vs {naive['peak_mb']:.0f}MB -> {new['peak_mb'] / naive['peak_mb']:.2f}x; "
+              f"less the {gradients:.0f}MB of gradients both return: {new['peak_mb'] - gradients:.0f}MB vs "
+              f"{naive['peak_mb'] - gradients:.0f}MB -> {(new['peak_mb'] - gradients) / (naive['peak_mb'] - gradients):.2f}x "
+              f"(the gradients alone are {gradients / naive['peak_mb']:.2f}x naive's peak: no method goes under that)",
               flush=True)
 
 
