@@ -355,7 +355,7 @@ def test_bf16_mixed_precision_trains_and_keeps_the_combination_in_float32(folder
 
     model = AutoModelForImageTextToText.from_pretrained(folder)
     projector, embed = model.model.multi_modal_projector, model.get_input_embeddings()
-    features = torch.randn(2, 5, projector.linear_1.in_features)
+    features = torch.randn(2, 400, projector.linear_1.in_features)  # enough tokens that the raw path folds
     with torch.autocast("cpu", dtype=torch.bfloat16):
         hidden = projector.hidden_states(features)  # the MLP itself runs in bf16, as autocast means it to
         visual_tokens = projector(features, embed)
