@@ -4,6 +4,7 @@ what they drop, and that they resume and run as two DDP processes."""
 import hashlib
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -235,6 +236,33 @@ def test_torchrun_two_processes_train_identical_replicas(pretrained, world, tmp_
     initial = hashlib.sha256(b"".join(v.numpy().tobytes() for _, v in sorted(parameters(pretrained).items()))).hexdigest()
     assert digests[0]["parameters"] != initial
 
+
+
+def test_deepspeed_zero3_trains_with_partitioned_weights(pretrained, world, tmp_path):
+    """ZeRO-3 keeps each weight partitioned outside its module's call; the projector reads W and b for the fold
+    and E through the embedding module, so both must be gathered for it. DeepSpeed runs on CPU (gloo) here."""
+    pytest.importorskip("deepspeed")
+    zero3 = {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,  # partition even tiny weights
+                                   "stage3_gather_16bit_weights_on_model_save": True},
+             "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
+             "bf16": {"enabled": "auto"}}
+    (tmp_path / "zero3.json").write_text(json.dumps(zero3))
+    config = write_config(tmp_path / "zero3.yaml", model_name_or_path=str(pretrained), dataset=str(world["qa"]),
+                          image_folder=str(world["images"]), output_dir=str(tmp_path / "out"), max_steps=3,
+                          per_device_train_batch_size=2, learning_rate=1e-3, deepspeed=str(tmp_path / "zero3.json"))
+    probe = Path(__file__).with_name("ddp_probe.py")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519", str(probe),
+         "--config", str(config)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, "DS_ACCELERATOR": "cpu"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    digests = [json.loads((tmp_path / "out" / f"digest-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [d["world_size"] for d in digests] == [2, 2]
+    assert digests[0]["parameters"] == hashlib.sha256(b"").hexdigest()  # every weight partitioned away from the module
+    changes = changed(parameters(pretrained), parameters(tmp_path / "out"))  # the gathered 16-bit save
+    assert "model.multi_modal_projector.vocab_proj.weight" in changes
+    assert not any(name.startswith("model.vision_tower.") for name in changes)
 
 def test_llava_json_in_the_official_layouts_reads_as_chat_samples(tmp_path):
     records = [
