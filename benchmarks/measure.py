@@ -1,4 +1,4 @@
-"""Side-by-side measurement of a benchmark's variants (e.g. new against naive), each number from a fresh process.
+"""Side-by-side measurement of a benchmark's variants (e.g. new against naive), in fresh child processes.
 
 A case is a function `setup(**options) -> step` in a benchmark module. Two kinds of child process:
 
