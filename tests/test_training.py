@@ -219,23 +219,27 @@ def test_a_killed_run_resumes_to_the_same_weights(pretrained, world, tmp_path):
     assert changed(parameters(pretrained), straight)
 
 
+def sft_in_two_processes(config: Path, output_dir: Path, port: int, env: dict | None = None) -> list[dict]:
+    """The SFT recipe under torchrun on two CPU processes (tests/ddp_probe.py); each rank's weight digest."""
+    probe = Path(__file__).with_name("ddp_probe.py")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(probe),
+         "--config", str(config)],
+        capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads((output_dir / f"digest-rank{rank}.json").read_text()) for rank in (0, 1)]
+
+
 def test_torchrun_two_processes_train_identical_replicas(pretrained, world, tmp_path):
     config = write_config(tmp_path / "ddp.yaml", model_name_or_path=str(pretrained), dataset=str(world["qa"]),
                           image_folder=str(world["images"]), output_dir=str(tmp_path / "out"), max_steps=4,
                           per_device_train_batch_size=4, learning_rate=1e-3, ddp_backend="gloo")
-    probe = Path(__file__).with_name("ddp_probe.py")
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", str(probe),
-         "--config", str(config)],
-        capture_output=True, text=True, timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    digests = [json.loads((tmp_path / "out" / f"digest-rank{rank}.json").read_text()) for rank in (0, 1)]
+    digests = sft_in_two_processes(config, tmp_path / "out", port=29517)
     assert [d["world_size"] for d in digests] == [2, 2]
     assert digests[0]["parameters"] == digests[1]["parameters"]
     initial = hashlib.sha256(b"".join(v.numpy().tobytes() for _, v in sorted(parameters(pretrained).items()))).hexdigest()
     assert digests[0]["parameters"] != initial
-
 
 
 def test_deepspeed_zero3_trains_with_partitioned_weights(pretrained, world, tmp_path):
@@ -250,19 +254,13 @@ def test_deepspeed_zero3_trains_with_partitioned_weights(pretrained, world, tmp_
     config = write_config(tmp_path / "zero3.yaml", model_name_or_path=str(pretrained), dataset=str(world["qa"]),
                           image_folder=str(world["images"]), output_dir=str(tmp_path / "out"), max_steps=3,
                           per_device_train_batch_size=2, learning_rate=1e-3, deepspeed=str(tmp_path / "zero3.json"))
-    probe = Path(__file__).with_name("ddp_probe.py")
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29519", str(probe),
-         "--config", str(config)],
-        capture_output=True, text=True, timeout=900, env={**os.environ, "DS_ACCELERATOR": "cpu"},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    digests = [json.loads((tmp_path / "out" / f"digest-rank{rank}.json").read_text()) for rank in (0, 1)]
+    digests = sft_in_two_processes(config, tmp_path / "out", port=29519, env={"DS_ACCELERATOR": "cpu"})
     assert [d["world_size"] for d in digests] == [2, 2]
     assert digests[0]["parameters"] == hashlib.sha256(b"").hexdigest()  # every weight partitioned away from the module
     changes = changed(parameters(pretrained), parameters(tmp_path / "out"))  # the gathered 16-bit save
     assert "model.multi_modal_projector.vocab_proj.weight" in changes
     assert not any(name.startswith("model.vision_tower.") for name in changes)
+
 
 def test_llava_json_in_the_official_layouts_reads_as_chat_samples(tmp_path):
     records = [
