@@ -15,7 +15,7 @@ from transformers.utils import logging as transformers_logging
 from .chat_templates import ChatFormat, chat_format_for
 from .configuration_langbridge import LangBridgeConfig
 from .files import atomic_folder
-from .modeling_langbridge import LangBridgeForConditionalGeneration, LangBridgeProjector
+from .modeling_langbridge import LangBridgeForConditionalGeneration, LangBridgeProjector, hub_kernels_wanted
 from .processing_langbridge import LangBridgeProcessor
 from .vocab import SharedVocabulary, VocabularyMapping
 
@@ -44,14 +44,16 @@ def vision_config_of(name_or_path: str):
     return getattr(config, "vision_config", None) or config
 
 
-def load_vision_tower(name_or_path: str, dtype=None):
+def load_vision_tower(name_or_path: str, dtype=None, use_kernels: bool | None = None):
     """The vision model alone. The text tower's weights of a dual encoder go unused; a missing vision weight
     is an error."""
     vision_class = AutoModel._model_mapping[type(vision_config_of(name_or_path))]
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
-        vision_tower, info = vision_class.from_pretrained(name_or_path, dtype=dtype, output_loading_info=True)
+        vision_tower, info = vision_class.from_pretrained(
+            name_or_path, dtype=dtype, output_loading_info=True, use_kernels=hub_kernels_wanted(use_kernels)
+        )
     finally:
         transformers_logging.set_verbosity(verbosity)
     if info["missing_keys"]:
@@ -128,10 +130,12 @@ def compose(
     min_coverage: float = DEFAULT_MIN_COVERAGE,
     force: bool = False,
     dtype: str | torch.dtype = "auto",
+    use_kernels: bool | None = None,
 ) -> Composed:
     """Load both parts, place the shared vocabulary on the LLM's tokenizer, and build the model around them.
 
     Everything that can be checked from configs and the tokenizer is checked before any weights load.
+    `use_kernels`: transformers' Hub kernels for both parts (default: only when the Hub may be reached).
     """
     tokenizer = AutoTokenizer.from_pretrained(language_model)
     chat, notes = prepare_tokenizer(tokenizer)
@@ -146,9 +150,9 @@ def compose(
     mapping = shared.map_onto(tokenizer)
     mapping.require(min_coverage, force)
 
-    llm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype)
+    llm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype, use_kernels=hub_kernels_wanted(use_kernels))
     notes += fit_embeddings(llm, tokenizer)
-    vision_tower = load_vision_tower(vision_model, dtype=llm.dtype)
+    vision_tower = load_vision_tower(vision_model, dtype=llm.dtype, use_kernels=use_kernels)
     image_processor = AutoImageProcessor.from_pretrained(vision_model)
     patch_size, extra_tokens, patches = vision_token_layout(vision_tower, image_processor)
     if extra_tokens not in (0, 1):
@@ -215,7 +219,7 @@ def assemble(config, vision_tower, llm, tokenizer, model_class=LangBridgeForCond
 
 
 def compose_llava(vision_model: str, language_model: str, *, vision_feature_layer: int = -2,
-                  dtype: str | torch.dtype = "auto") -> Composed:
+                  dtype: str | torch.dtype = "auto", use_kernels: bool | None = None) -> Composed:
     """The LLaVA baseline of the same parts: transformers' `LlavaForConditionalGeneration`, whose MLP connector
     (Linear -> GELU -> Linear) maps vision features straight into the LLM's embedding space, with the same
     tokenizer preparation, chat template and image processing as `compose`."""
@@ -224,9 +228,9 @@ def compose_llava(vision_model: str, language_model: str, *, vision_feature_laye
 
     tokenizer = AutoTokenizer.from_pretrained(language_model)
     chat, notes = prepare_tokenizer(tokenizer)
-    llm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype)
+    llm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype, use_kernels=hub_kernels_wanted(use_kernels))
     notes += fit_embeddings(llm, tokenizer)
-    vision_tower = load_vision_tower(vision_model, dtype=llm.dtype)
+    vision_tower = load_vision_tower(vision_model, dtype=llm.dtype, use_kernels=use_kernels)
     image_processor = AutoImageProcessor.from_pretrained(vision_model)
     patch_size, extra_tokens, patches = vision_token_layout(vision_tower, image_processor)
     strategy = "default" if extra_tokens == 1 else "full"

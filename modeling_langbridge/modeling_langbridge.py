@@ -17,13 +17,25 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import huggingface_hub
 import torch
 from torch import nn
 from transformers import AutoModel, GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import BaseModelOutputWithPast, BaseModelOutputWithPooling, ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+try:  # the multimodal outputs and the `cache` argument came with transformers 5.24
+    from transformers.modeling_outputs import MultimodalBaseModelOutputWithPast, MultimodalCausalLMOutputWithPast
+except ImportError as error:
+    raise ImportError(
+        "LangBridge models need transformers >= 5.24 (its multimodal outputs and `cache` argument); "
+        "upgrade with `pip install -U 'transformers>=5.24,<6'`."
+    ) from error
+from transformers.modeling_utils import slice_logits_to_keep
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_langbridge import LangBridgeConfig, vocabulary_entry_ids
 from .projection_langbridge import (
@@ -54,6 +66,18 @@ def vocabulary_buffers(vocab_token_ids: list | None, vocab_size: int) -> tuple[t
         composed_ids[n, : len(ids)] = torch.tensor(ids)
     composed_rows = torch.tensor([row for row, _ in composed], dtype=torch.long)
     return token_ids, composed_rows, composed_ids
+
+
+def hub_kernels_wanted(use_kernels: bool | None = None) -> bool:
+    """transformers' `use_kernels` for a load: as asked, and by default only when the Hub may be reached.
+
+    transformers >= 5.25 fetches Hub kernels (e.g. `kernels-community/rotary`) on CUDA unless told otherwise, which
+    fails every load on an offline GPU machine (`HF_HUB_OFFLINE=1`) whose cache lacks them. Asked for explicitly
+    (`True`), they come from the local cache when offline. `USE_HUB_KERNELS=0` still turns them off everywhere.
+    """
+    if use_kernels is not None:
+        return bool(use_kernels)
+    return not huggingface_hub.is_offline_mode()
 
 
 class LangBridgeProjector(nn.Module):
@@ -167,23 +191,26 @@ class LangBridgeProjector(nn.Module):
         return linear_combination(hidden.to(dtype), mixed, shift).to(embeddings_dtype)
 
 
+class VisualTokensMixin:
+    """`image_hidden_states`: the visual tokens given to the LLM, all images concatenated [tokens, D]. The same
+    tensors, per image, are `image_outputs.pooler_output` (transformers' name since 5.24)."""
+
+    @property
+    def image_hidden_states(self) -> torch.Tensor | None:
+        if self.image_outputs is None:
+            return None
+        return torch.cat(list(self.image_outputs.pooler_output), dim=0)
+
+
 @dataclass
-class LangBridgeModelOutputWithPast(BaseModelOutputWithPast):
-    """Base-model outputs plus `image_hidden_states`, the visual tokens given to the LLM."""
-
-    image_hidden_states: torch.Tensor | None = None
+class LangBridgeModelOutputWithPast(VisualTokensMixin, MultimodalBaseModelOutputWithPast):
+    """Base-model outputs: the LLM's, plus `image_outputs` (vision features and, as `pooler_output`, the visual
+    tokens per image)."""
 
 
 @dataclass
-class LangBridgeCausalLMOutputWithPast(ModelOutput):
-    """Causal-LM outputs plus `image_hidden_states`, the visual tokens given to the LLM."""
-
-    loss: torch.Tensor | None = None
-    logits: torch.Tensor | None = None
-    past_key_values: Cache | None = None
-    hidden_states: tuple[torch.Tensor] | None = None
-    attentions: tuple[torch.Tensor] | None = None
-    image_hidden_states: torch.Tensor | None = None
+class LangBridgeCausalLMOutputWithPast(VisualTokensMixin, MultimodalCausalLMOutputWithPast):
+    """Causal-LM outputs: loss, logits, cache, plus `image_outputs` as in the base model's."""
 
 
 class LangBridgePreTrainedModel(PreTrainedModel):
@@ -191,11 +218,17 @@ class LangBridgePreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["past_key_values"]
+    _skip_keys_device_placement = ["cache"]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+
+    @classmethod
+    def from_pretrained(cls, *args, use_kernels: bool | None = None, **kwargs):
+        """`PreTrainedModel.from_pretrained`, with Hub kernels only when asked or reachable (`hub_kernels_wanted`):
+        the Auto classes and `pipeline` load through here too."""
+        return super().from_pretrained(*args, use_kernels=hub_kernels_wanted(use_kernels), **kwargs)
 
     def post_init(self):
         super().post_init()
@@ -291,13 +324,15 @@ class LangBridgeModel(LangBridgePreTrainedModel):
             "would cut them)."
         )
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
@@ -316,13 +351,12 @@ class LangBridgeModel(LangBridgePreTrainedModel):
             image_outputs = self.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
 
         placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
-        image_hidden_states = None
         if image_outputs is not None:
             visual_tokens = image_outputs.pooler_output
             self.check_placeholders(placeholder_mask, visual_tokens)
-            image_hidden_states = torch.cat(visual_tokens, dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
-            inputs_embeds = inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), image_hidden_states)
-        elif placeholder_mask.any() and (past_key_values is None or past_key_values.get_seq_length() == 0):
+            image_tokens = torch.cat(list(visual_tokens), dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
+            inputs_embeds = inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), image_tokens)
+        elif placeholder_mask.any() and (cache is None or cache.get_seq_length() == 0):
             raise ValueError(
                 f"input_ids hold {int(placeholder_mask.sum())} <image> placeholder tokens but no image was given. "
                 "Pass pixel_values from the LangBridge processor, or remove the <image> placeholders for text-only input."
@@ -331,17 +365,11 @@ class LangBridgeModel(LangBridgePreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             **kwargs,
         )
-        return LangBridgeModelOutputWithPast(
-            last_hidden_state=outputs.last_hidden_state,
-            past_key_values=outputs.past_key_values,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_hidden_states=image_hidden_states,
-        )
+        return LangBridgeModelOutputWithPast(**outputs, image_outputs=image_outputs)
 
 
 class LangBridgeForConditionalGeneration(LangBridgePreTrainedModel, GenerationMixin):
@@ -370,13 +398,15 @@ class LangBridgeForConditionalGeneration(LangBridgePreTrainedModel, GenerationMi
     def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
         return self.model.get_image_features(pixel_values, **kwargs)
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         pixel_values: torch.FloatTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
@@ -390,18 +420,14 @@ class LangBridgeForConditionalGeneration(LangBridgePreTrainedModel, GenerationMi
             pixel_values=pixel_values,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
             mm_encoder_outputs=mm_encoder_outputs,
             **kwargs,
         )
-        hidden_states = outputs.last_hidden_state
-        if isinstance(logits_to_keep, int):
-            hidden_states = hidden_states[:, -logits_to_keep:] if logits_to_keep else hidden_states
-        else:
-            hidden_states = hidden_states[:, logits_to_keep]
+        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
         logits = self.lm_head(hidden_states)
 
         loss = None
@@ -412,11 +438,19 @@ class LangBridgeForConditionalGeneration(LangBridgePreTrainedModel, GenerationMi
         return LangBridgeCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
-            image_hidden_states=outputs.image_hidden_states,
+            image_outputs=outputs.image_outputs,
         )
+
+    def prepare_inputs_for_generation(self, input_ids, cache: Cache | None = None, is_first_iteration: bool | None = False,
+                                      **kwargs):
+        # As the draft model of assisted decoding, `generate` never flags the first call as the first iteration, so
+        # the images would be dropped while the prompt still holds their placeholders. A call on an empty cache is a
+        # prefill: it gets the images.
+        prefill = bool(is_first_iteration) or cache is None or cache.get_seq_length() == 0
+        return super().prepare_inputs_for_generation(input_ids, cache=cache, is_first_iteration=prefill, **kwargs)
 
     def mask_untrainable_labels(self, labels: torch.LongTensor, attention_mask: torch.Tensor | None) -> torch.LongTensor:
         """Never train on image placeholders or padding, even when labels are a plain copy of input_ids."""
@@ -474,6 +508,7 @@ With the `langbridge-hf` package installed (`import modeling_langbridge`), `trus
 
 
 __all__ = [
+    "hub_kernels_wanted",
     "LangBridgeProjector",
     "LangBridgePreTrainedModel",
     "LangBridgeModel",

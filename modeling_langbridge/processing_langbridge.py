@@ -5,7 +5,7 @@ model can scatter them in place. This file travels with checkpoints as remote co
 """
 
 from transformers.image_utils import get_image_size, to_numpy_array
-from transformers.processing_utils import ProcessorMixin
+from transformers.processing_utils import MultiModalData, ProcessorMixin
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
@@ -52,6 +52,22 @@ class LangBridgeProcessor(ProcessorMixin):
         """How many visual tokens the model makes of an image of this (processed) size."""
         count = (height // self.patch_size) * (width // self.patch_size) + self.num_additional_image_tokens
         return count - 1 if self.vision_feature_select_strategy == "default" else count
+
+    def processed_image_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) the image processor turns an image of this size into, measured on a blank image:
+        exact for any resize/crop policy, and what `replace_image_token` counts from."""
+        from PIL import Image
+
+        pixel_values = self.image_processor(Image.new("RGB", (int(width), int(height))), return_tensors="np")["pixel_values"]
+        return tuple(pixel_values.shape[-2:])
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
+        """Placeholder tokens per image of the given (height, width) sizes, before any pixels are processed:
+        what inference engines (vLLM's Transformers backend) ask to lay out prompts."""
+        if image_sizes is None:
+            return MultiModalData()
+        counts = [self.image_seq_length(*self.processed_image_size(height, width)) for height, width in image_sizes]
+        return MultiModalData(num_image_tokens=counts, num_image_patches=[1] * len(counts))
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         height, width = get_image_size(to_numpy_array(image_inputs["pixel_values"][image_idx]))

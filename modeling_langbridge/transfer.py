@@ -21,6 +21,7 @@ def transfer(
     min_coverage: float = DEFAULT_MIN_COVERAGE,
     force: bool = False,
     dtype: str | torch.dtype = "auto",
+    use_kernels: bool | None = None,
 ) -> Composed:
     """A full LangBridge model: `vision_model` + the adapter's projector + `language_model`."""
     if not isinstance(adapter, LangBridgeAdapter):
@@ -43,6 +44,7 @@ def transfer(
         min_coverage=min_coverage,
         force=force,
         dtype=dtype,
+        use_kernels=use_kernels,
     )
     projector = composed.model.model.multi_modal_projector
     projector.load_state_dict({k: v.to(projector.linear_1.weight.dtype) for k, v in adapter.weights.items()})

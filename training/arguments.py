@@ -22,6 +22,12 @@ class LangBridgeArguments:
     train_vision_tower: bool = field(default=False, metadata={"help": "SFT: unfreeze the vision tower (LLaVA-NeXT)."})
     vision_tower_lr: float | None = field(default=None, metadata={"help": "Learning rate of the vision tower."})
     projector_lr: float | None = field(default=None, metadata={"help": "Learning rate of the projector."})
+    use_kernels: bool | None = field(
+        default=None,
+        metadata={"help": "transformers' Hub kernels (e.g. kernels-community/rotary) for every model the recipe loads. "
+                          "Default: only when the Hub may be reached (not under HF_HUB_OFFLINE=1), so offline GPU "
+                          "machines train without them; true on an offline machine reads them from the local cache."},
+    )
     merge_lora: bool = field(
         default=True,
         metadata={"help": "After LoRA/QLoRA SFT, also save the LoRA merged into a full-precision model in `merged/`."},

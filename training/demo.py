@@ -152,10 +152,12 @@ def reading_check(folder, s: DemoSettings, count: int = 40) -> dict:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from modeling_langbridge.modeling_langbridge import hub_kernels_wanted
+
     from .world import caption, questions, scene_table, scenes
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, use_kernels=hub_kernels_wanted()).eval()
 
     def complete(context: str, tokens: int) -> str:
         inputs = tokenizer(context, return_tensors="pt", add_special_tokens=False)

@@ -20,7 +20,7 @@ LLM_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_pr
 UNQUANTIZED_MODULES = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 
 
-def resolve_model(model_name_or_path: str, output_dir: str) -> str:
+def resolve_model(model_name_or_path: str, output_dir: str, use_kernels: bool | None = None) -> str:
     """A model folder to train: the path itself, or, for a hub_configs pair, the two models composed first."""
     path = Path(model_name_or_path)
     if path.suffix != ".json":
@@ -32,6 +32,7 @@ def resolve_model(model_name_or_path: str, output_dir: str) -> str:
             config["vision_model_name_or_path"], config["language_model_name_or_path"],
             projector_hidden_size=config["projector_hidden_size"], vocab_size=config["shared_vocab_size"],
             coefficients=config["coefficient_activation"], vision_feature_layer=config["vision_feature_layer"],
+            use_kernels=use_kernels,
         )
         composed.save(composed_dir)
     return str(composed_dir)
@@ -50,11 +51,11 @@ def quantization_config(model_args) -> BitsAndBytesConfig | None:
     )
 
 
-def load_for_stage(model_args, stage: str, train_vision_tower: bool, output_dir: str):
+def load_for_stage(model_args, stage: str, train_vision_tower: bool, output_dir: str, use_kernels: bool | None = None):
     """The model and processor, with `requires_grad` set for the stage (PEFT later freezes the LLM for LoRA)."""
-    path = resolve_model(model_args.model_name_or_path, output_dir)
+    path = resolve_model(model_args.model_name_or_path, output_dir, use_kernels)
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    kwargs = {"dtype": dtype, "attn_implementation": model_args.attn_implementation}
+    kwargs = {"dtype": dtype, "attn_implementation": model_args.attn_implementation, "use_kernels": use_kernels}
     if stage == "sft" and (quantization := quantization_config(model_args)) is not None:
         kwargs["quantization_config"] = quantization
     model = AutoModelForImageTextToText.from_pretrained(path, **{k: v for k, v in kwargs.items() if v is not None})

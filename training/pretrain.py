@@ -26,7 +26,10 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
     ################
     # Model: only the projector learns
     ################
-    model, processor = load_for_stage(model_args, "pretrain", train_vision_tower=False, output_dir=training_args.output_dir)
+    model, processor = load_for_stage(
+        model_args, "pretrain", train_vision_tower=False, output_dir=training_args.output_dir,
+        use_kernels=script_args.use_kernels,
+    )
 
     ################
     # Data: image-caption pairs, images opened lazily

@@ -25,7 +25,9 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
     ################
     # Model: projector + LLM (full, LoRA or QLoRA); vision tower frozen unless asked
     ################
-    model, processor = load_for_stage(model_args, "sft", script_args.train_vision_tower, training_args.output_dir)
+    model, processor = load_for_stage(
+        model_args, "sft", script_args.train_vision_tower, training_args.output_dir, use_kernels=script_args.use_kernels
+    )
 
     ################
     # Data: conversations, assistant replies learned, images opened lazily
@@ -60,16 +62,19 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
     trainer.save_model(training_args.output_dir)
     trainer.save_state()  # trainer_state.json: the step and log history, read by `langbridge alignment`
     if model_args.use_peft and script_args.merge_lora and trainer.is_world_process_zero():
-        save_merged(resolve_model(model_args.model_name_or_path, training_args.output_dir), training_args.output_dir, processor)
+        save_merged(
+            resolve_model(model_args.model_name_or_path, training_args.output_dir, script_args.use_kernels),
+            training_args.output_dir, processor, use_kernels=script_args.use_kernels,
+        )
     return trainer
 
 
-def save_merged(base_path: str, adapter_dir: str, processor) -> str:
+def save_merged(base_path: str, adapter_dir: str, processor, use_kernels: bool | None = None) -> str:
     """The LoRA merged into a full-precision copy of the base model (a QLoRA base is re-read unquantized)."""
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    base = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch.float32)
+    base = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch.float32, use_kernels=use_kernels)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     out = f"{adapter_dir}/merged"
     merged.save_pretrained(out)

@@ -13,6 +13,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from modeling_langbridge.modeling_langbridge import hub_kernels_wanted
+
 
 def packed_blocks(token_lists: list[list[int]], eos_id: int, block_size: int, rng: random.Random):
     """Endless blocks of `block_size` tokens: random texts, each followed by EOS, the block starting mid-stream."""
@@ -31,7 +33,7 @@ def train_causal_lm(folder: str | Path, texts: list[str], steps: int = 300, batc
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_kernels=hub_kernels_wanted())
     model.train()
     token_lists = tokenizer(texts, add_special_tokens=False)["input_ids"]
     blocks = packed_blocks(token_lists, tokenizer.eos_token_id, block_size, rng)

@@ -1,0 +1,160 @@
+"""The current transformers contract: generation modes, outputs, the attention interface, what an inference engine
+asks of the processor, and the Hub-kernels policy of every loading path."""
+
+import warnings
+
+import pytest
+import torch
+from transformers import AttentionInterface, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from modeling_langbridge.modeling_langbridge import hub_kernels_wanted
+from modeling_langbridge.tiny import random_shapes_image
+
+
+def load(folder):
+    model = AutoModelForImageTextToText.from_pretrained(folder).eval()
+    return model, AutoProcessor.from_pretrained(folder)
+
+
+def one_question(processor, seed=0):
+    content = [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]
+    text = processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    return processor(images=[random_shapes_image(seed=seed)], text=[text], return_tensors="pt")
+
+
+GENERATION_MODES = {
+    "greedy": {},
+    "sampling": {"do_sample": True, "top_k": 20},
+    "beam": {"num_beams": 3},
+    "static cache": {"cache_implementation": "static"},
+    "prompt lookup": {"prompt_lookup_num_tokens": 3},
+    "prefill chunking": {"prefill_chunk_size": 8},
+    "assisted": "assistant",
+}
+
+
+def test_every_generation_mode_runs_and_the_exact_ones_agree(world_model_dir):
+    """Greedy, sampling, beam, static cache, prompt lookup, prefill chunking and assisted decoding all run; the modes
+    that must reproduce greedy do, and nothing warns of a deprecated API (FutureWarning / DeprecationWarning)."""
+    model, processor = load(world_model_dir)
+    inputs = one_question(processor)
+    prompt_length = inputs["input_ids"].shape[1]
+    settings = {"max_new_tokens": 12, "min_new_tokens": 12, "do_sample": False}
+    answers = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for mode, extra in GENERATION_MODES.items():
+            extra = {"assistant_model": model} if extra == "assistant" else extra
+            torch.manual_seed(0)
+            with torch.no_grad():
+                generated = model.generate(**inputs, **(settings | extra))
+            answers[mode] = generated[0, prompt_length:].tolist()
+    assert all(len(tokens) == 12 for tokens in answers.values()), answers
+    assert len(set(answers["greedy"])) > 1, "a degenerate answer would hide disagreements"
+    for mode in ("static cache", "prompt lookup", "prefill chunking", "assisted"):
+        assert answers[mode] == answers["greedy"], mode
+    deprecations = [w for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))]
+    assert not deprecations, [f"{w.category.__name__}: {w.message}" for w in deprecations]
+
+
+def test_outputs_follow_transformers_multimodal_outputs(qwen_clip_dir):
+    """`cache` and `image_outputs` as in transformers' LLaVA; `image_hidden_states` stays for earlier callers."""
+    model, processor = load(qwen_clip_dir)
+    inputs = one_question(processor)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        with torch.no_grad():
+            out = model(**inputs, use_cache=True)
+    assert out.cache is not None and out.cache.get_seq_length() == inputs["input_ids"].shape[1]
+    visual_tokens = out.image_outputs.pooler_output
+    assert len(visual_tokens) == 1
+    torch.testing.assert_close(out.image_hidden_states, visual_tokens[0])
+    as_tuple = model(**inputs, return_dict=False)
+    torch.testing.assert_close(as_tuple[0], out.logits)
+
+
+def test_attention_goes_through_transformers_attention_interface(qwen_clip_dir):
+    """An engine registers its attention with `AttentionInterface`; every LLM layer must call it (the vision
+    tower may too), with the kwargs the model was given passed down."""
+    calls = []
+
+    def recording_attention(module, query, key, value, attention_mask, **kwargs):
+        calls.append((type(module).__name__, kwargs.get("engine_marker")))
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    AttentionInterface.register("langbridge_test_recording", recording_attention)
+    model, processor = load(qwen_clip_dir)
+    model.set_attn_implementation("langbridge_test_recording")
+    inputs = one_question(processor)
+    with torch.no_grad():
+        reference = model(**inputs).logits
+        calls.clear()
+        logits = model(**inputs, engine_marker="passed-down").logits
+    llm_layers = model.config.text_config.num_hidden_layers
+    llm_calls = [marker for name, marker in calls if name.startswith("Qwen2")]
+    assert len(llm_calls) == llm_layers
+    assert set(llm_calls) == {"passed-down"}
+    torch.testing.assert_close(logits, reference)
+
+
+@pytest.mark.parametrize("folder", ["qwen_clip_dir", "llama_siglip_dir"])
+def test_processor_reports_the_placeholders_an_image_becomes(folder, request):
+    """`_get_num_multimodal_tokens` (what vLLM asks before processing) equals the placeholders the processor
+    writes for images of several sizes and aspect ratios."""
+    processor = AutoProcessor.from_pretrained(request.getfixturevalue(folder))
+    sizes = [(64, 64), (40, 120), (200, 50), (17, 33)]
+    reported = processor._get_num_multimodal_tokens(image_sizes=sizes)
+    assert reported.num_image_patches == [1] * len(sizes)
+    for (height, width), count in zip(sizes, reported.num_image_tokens):
+        image = random_shapes_image(seed=height).resize((width, height))
+        ids = processor(images=[image], text=[processor.image_token], return_tensors="pt")["input_ids"]
+        assert int((ids == processor.image_token_id).sum()) == count
+    assert processor.image_token == "<image>"
+    assert processor.image_token_id == processor.tokenizer.convert_tokens_to_ids("<image>")
+
+
+def test_hub_kernels_only_when_asked_or_reachable(monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: True)
+    assert hub_kernels_wanted() is False
+    assert hub_kernels_wanted(True) is True
+    monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
+    assert hub_kernels_wanted() is True
+    assert hub_kernels_wanted(False) is False
+
+
+@pytest.fixture
+def kernel_requests(monkeypatch):
+    """What each `from_pretrained` asked of transformers' kernel switch (kernelizing itself needs a Hub)."""
+    requests = []
+
+    def record(self, use_kernels, *args, **kwargs):
+        requests.append((type(self).__name__, bool(use_kernels)))
+
+    monkeypatch.setattr(PreTrainedModel, "set_use_kernels", record)
+    return requests
+
+
+def test_offline_loads_ask_for_no_hub_kernels(qwen_clip_dir, parts, kernel_requests):
+    """Under HF_HUB_OFFLINE=1 (set for the tests) the Auto classes, compose and the recipes' loader ask for no
+    Hub kernels, where transformers' default would ask for them and fail on a GPU without a cache."""
+    from modeling_langbridge.compose import compose
+
+    AutoModelForImageTextToText.from_pretrained(qwen_clip_dir)
+    compose(str(parts["clip"]), str(parts["qwen2"]), projector_hidden_size=16, vocab_size=32)
+    assert kernel_requests and not any(asked for _, asked in kernel_requests), kernel_requests
+
+
+def test_an_explicit_kernels_setting_reaches_every_load(qwen_clip_dir, parts, tmp_path, kernel_requests):
+    from trl import ModelConfig
+
+    from modeling_langbridge.compose import compose
+    from training.models import load_for_stage
+
+    compose(str(parts["clip"]), str(parts["qwen2"]), projector_hidden_size=16, vocab_size=32, use_kernels=True)
+    assert {name for name, asked in kernel_requests if asked} >= {"Qwen2ForCausalLM", "CLIPVisionModel"}
+    kernel_requests.clear()
+    load_for_stage(ModelConfig(model_name_or_path=str(qwen_clip_dir)), "pretrain", False, str(tmp_path), use_kernels=True)
+    assert ("LangBridgeForConditionalGeneration", True) in kernel_requests
