@@ -61,7 +61,9 @@ class LangBridgeConfig(PreTrainedConfig):
             sub-token ids when the LLM lacks the token and its embedding is composed from its pieces.
         coefficient_activation: `"none"` mixes embeddings with the raw logits (the official code, and the
             numerics of its released checkpoints); `"softmax"` turns them into a distribution (the paper's text).
-        combine_in_float32: compute `coefficients @ E` in float32 whatever the model dtype (official numerics).
+        combine_in_float32: outside mixed precision, compute `coefficients @ E` in float32 whatever the model dtype
+            (the official numerics; TF32 on CUDA). Under autocast the products run in the step's compute dtype with
+            float32 accumulation, like every other layer (see projection_langbridge.py).
         frozen_vocab_embeddings: keep a stored copy of `E` instead of reading the LLM's embeddings. Only for
             converted official checkpoints whose SFT moved the LLM's embeddings away from the frozen matrix
             the official code mixed visual tokens with; everything else reads `E` live.

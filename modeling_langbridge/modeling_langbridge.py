@@ -39,14 +39,15 @@ from transformers.utils.generic import can_return_tuple
 
 from .configuration_langbridge import LangBridgeConfig, vocabulary_entry_ids
 from .projection_langbridge import (
-    DEFAULT_CHUNK_TOKENS,
     FoldedCache,
     autocast_off,
+    combination_dtype,
     folded_matrices,
     folding_pays,
     linear_combination,
     naive_combination,
     softmax_combination,
+    tf32_products,
 )
 
 
@@ -88,7 +89,7 @@ class LangBridgeProjector(nn.Module):
     without [tokens x T] tensors (see projection_langbridge.py); `coefficients` gives them when asked.
     """
 
-    softmax_chunk_tokens = DEFAULT_CHUNK_TOKENS
+    softmax_chunk_tokens: int | None = None  # None: as many tokens as the device's memory budget holds
 
     def __init__(self, config: LangBridgeConfig):
         super().__init__()
@@ -161,12 +162,13 @@ class LangBridgeProjector(nn.Module):
         return embeddings
 
     def forward(self, image_features: torch.Tensor, embed_tokens: nn.Module) -> torch.Tensor:
-        """Visual tokens `coefficients @ E` [..., D], in the embeddings' dtype."""
+        """Visual tokens `coefficients @ E` [..., D], in the embeddings' dtype. The products run in the step's
+        compute dtype (`combination_dtype`: the autocast dtype under mixed precision; float32, TF32 on CUDA, when
+        `combine_in_float32`), with float32 accumulation and float32 softmax statistics."""
         hidden = self.hidden_states(image_features)
-        if not self.combine_in_float32:
-            return self.combine(hidden, embed_tokens, hidden.dtype)
-        with autocast_off(hidden):  # float32 means float32 under a Trainer's bf16 autocast too
-            return self.combine(hidden, embed_tokens, torch.float32)
+        dtype = combination_dtype(hidden, self.combine_in_float32)
+        with autocast_off(hidden), tf32_products(hidden.device, dtype):
+            return self.combine(hidden, embed_tokens, dtype)
 
     def combine(self, hidden: torch.Tensor, embed_tokens: nn.Module, dtype: torch.dtype) -> torch.Tensor:
         """`coefficients(hidden) @ E` computed in `dtype`, without forming the coefficients."""
@@ -179,7 +181,10 @@ class LangBridgeProjector(nn.Module):
         sources = [self.vocab_proj.weight, self.vocab_proj.bias, self.vocab_token_ids, self.composed_token_ids,
                    *([self.frozen_embeddings] if self.frozen_embeddings is not None else embed_tokens.parameters())]
         cacheable = not self.training and FoldedCache.usable(*sources)
-        if not cacheable and not folding_pays(hidden.numel() // hidden.shape[-1], *self.vocab_proj.weight.shape, self.embedding_width):
+        training = torch.is_grad_enabled() and any(t.requires_grad for t in sources)
+        embeddings_trained = training and any(t.requires_grad for t in sources[4:])
+        tokens = hidden.numel() // hidden.shape[-1]
+        if not cacheable and not folding_pays(tokens, *self.vocab_proj.weight.shape, self.embedding_width, training, embeddings_trained):
             embeddings = self.vocab_embeddings(embed_tokens)  # few tokens: the literal product is cheaper than folding
             return naive_combination(hidden.to(dtype), weight, bias, embeddings.to(dtype), "none").to(embeddings.dtype)
 
@@ -347,6 +352,10 @@ class LangBridgeModel(LangBridgePreTrainedModel):
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
         image_outputs = (mm_encoder_outputs or {}).get("image")
+        if pixel_values is not None and pixel_values.shape[0] == 0:  # text only (the processor's 0-row pixel_values)
+            pixel_values = None
+        if image_outputs is not None and len(image_outputs.pooler_output) == 0:
+            image_outputs = None
         if image_outputs is None and pixel_values is not None:
             image_outputs = self.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
 

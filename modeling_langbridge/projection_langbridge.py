@@ -1,4 +1,4 @@
-"""The projector's last step, `coefficients @ E`, without keeping [tokens x T] tensors.
+"""The projector's last step, `coefficients @ E`, without keeping [tokens x T] tensors, at the step's precision.
 
 With `h` the projector's hidden state [N, H], `W`, `b` its vocabulary layer [T, H], [T] and `E` the LLM's
 embeddings of the shared vocabulary [T, D]:
@@ -7,7 +7,14 @@ embeddings of the shared vocabulary [T, D]:
   once per call (per step in training, once at inference: see `FoldedCache`), so a token costs H*D instead of
   H*T + T*D and no [N, T] tensor exists. `FoldedMatrices` carries the gradients on to W, b and E.
 - softmax: attention with fixed keys `W` (bias `b`) and values `E`. `SoftmaxCombination` runs over chunks of
-  tokens and keeps only the output and each token's log-sum-exp; backward recomputes a chunk's coefficients.
+  tokens sized from a memory budget and keeps the output and each token's log-sum-exp (on CUDA also the
+  coefficients in the compute dtype, when they fit the budget, which spares backward a recomputation).
+
+Precision policy (`combination_dtype`): the large products run in the compute dtype of the step, with float32
+accumulation, as every other layer of the step does: under mixed precision (autocast, what `bf16: true` in a
+recipe turns on) the autocast dtype; otherwise float32 when `combine_in_float32` (the official numerics,
+`projector(x).float() @ E`; on CUDA through TF32 tensor cores, as the official training ran with `--tf32`), else
+the hidden state's dtype. Softmax statistics (max, exponentials, sums, log-sum-exp) are always float32.
 
 Carried with checkpoints as remote code, so it imports torch only.
 """
@@ -16,17 +23,68 @@ import contextlib
 
 import torch
 
-DEFAULT_CHUNK_TOKENS = 1024
+# Working memory the softmax path may hold at once ([chunk x T] tensors). A GPU step has room for far larger
+# chunks than a CPU one, and larger chunks keep its matrix units busy.
+SOFTMAX_MEMORY_BUDGET = {"cuda": 2 * 2**30}
+DEFAULT_SOFTMAX_MEMORY_BUDGET = 256 * 2**20
+# Bytes of the [chunk x T] tensors alive at once per token row: low-precision logits, float32 exponentials and
+# gradients, the low-precision coefficients.
+SOFTMAX_BYTES_PER_ENTRY = 12
 
 
 def autocast_off(tensor: torch.Tensor):
-    """Run in the dtype the caller chose. Under autocast (a Trainer's bf16 mixed precision) the products inside
-    the autograd functions below would come out bf16 and their backward would mix dtypes; and the float32
-    combination (`combine_in_float32`, the official numerics) would silently run in bf16."""
+    """Run in the dtype the caller chose. Under autocast the products inside the autograd functions below would
+    pick their own dtypes and their backward would mix them; the caller casts to the step's compute dtype."""
     device = tensor.device.type
     if torch.amp.is_autocast_available(device):
         return torch.autocast(device, enabled=False)
     return contextlib.nullcontext()
+
+
+def combination_dtype(hidden: torch.Tensor, combine_in_float32: bool) -> torch.dtype:
+    """The dtype the combination's products run in (see the module's precision policy)."""
+    device = hidden.device.type
+    if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return torch.float32 if combine_in_float32 else hidden.dtype
+
+
+@contextlib.contextmanager
+def tf32_products(device: torch.device, dtype: torch.dtype):
+    """float32 products on CUDA through TF32 tensor cores (inputs rounded to a 10-bit mantissa, float32
+    accumulation): an order of magnitude faster than IEEE float32 there. Elsewhere, unchanged."""
+    if device.type != "cuda" or dtype != torch.float32:
+        yield
+        return
+    matmul = torch.backends.cuda.matmul
+    name, value = ("fp32_precision", "tf32") if hasattr(matmul, "fp32_precision") else ("allow_tf32", True)
+    previous = getattr(matmul, name)
+    setattr(matmul, name, value)
+    try:
+        yield
+    finally:
+        setattr(matmul, name, previous)
+
+
+def statistics_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Softmax statistics and cross-chunk sums: float32, or float64 for float64 inputs (the reference checks)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def softmax_memory_budget(device: torch.device) -> int:
+    return SOFTMAX_MEMORY_BUDGET.get(device.type, DEFAULT_SOFTMAX_MEMORY_BUDGET)
+
+
+def softmax_chunk_tokens(vocab_size: int, device: torch.device) -> int:
+    """Tokens per chunk of the softmax path: as many as the device's memory budget holds."""
+    return max(1, softmax_memory_budget(device) // (vocab_size * SOFTMAX_BYTES_PER_ENTRY))
+
+
+def keeps_coefficients(tokens: int, vocab_size: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether the softmax path keeps the coefficients for backward instead of recomputing them: on CUDA, when
+    they fit the budget (there the recomputation's [N x H x T] product costs more than the memory). On CPU the
+    memory-lean recomputation stays."""
+    return device.type == "cuda" and tokens * vocab_size * dtype.itemsize <= softmax_memory_budget(device)
 
 
 def naive_combination(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, embeddings: torch.Tensor,
@@ -65,10 +123,19 @@ def folded_matrices(weight: torch.Tensor, bias: torch.Tensor, embeddings: torch.
     return FoldedMatrices.apply(weight, bias, embeddings)
 
 
-def folding_pays(tokens: int, vocab_size: int, hidden_size: int, embedding_size: int) -> bool:
-    """Whether folding (T*H*D once, then H*D a token) costs fewer multiply-adds than the literal product
-    (H*T + T*D a token). It does from a few thousand tokens at the paper's sizes; a cached fold always does."""
-    return tokens * vocab_size * (hidden_size + embedding_size) > vocab_size * hidden_size * embedding_size + tokens * hidden_size * embedding_size
+def folding_pays(tokens: int, vocab_size: int, hidden_size: int, embedding_size: int, training: bool = False,
+                 embeddings_trained: bool = False) -> bool:
+    """Whether folding costs fewer multiply-adds than the literal product, both run in the same dtype (the
+    precision policy makes it so). Forward: T*H*D once, then H*D a token, against H*T + T*D a token. Backward
+    adds dW = E dM^T (and dE = W dM) once plus 2*H*D a token, against 2*T*H (+ T*D for dE) + T*D a token.
+    It pays from a few thousand tokens at the paper's sizes; a cached fold always does."""
+    n, t, h, d = tokens, vocab_size, hidden_size, embedding_size
+    literal = n * t * (h + d)
+    fold = t * h * d + n * h * d
+    if training:
+        literal += n * t * (2 * h + d) + (n * t * d if embeddings_trained else 0)
+        fold += t * h * d + 2 * n * h * d + (t * h * d if embeddings_trained else 0)
+    return fold < literal
 
 
 def linear_combination(hidden: torch.Tensor, mixed: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -78,12 +145,13 @@ def linear_combination(hidden: torch.Tensor, mixed: torch.Tensor, shift: torch.T
 
 
 class SoftmaxCombination(torch.autograd.Function):
-    """`softmax(h W^T + b) @ E` in chunks of tokens, recomputing each chunk's coefficients in backward."""
+    """`softmax(h W^T + b) @ E` in chunks of tokens. Products in the inputs' dtype, softmax statistics in float32;
+    backward recomputes a chunk's coefficients unless `keep` saved them (in the inputs' dtype)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, embeddings, chunk):
+    def forward(ctx, hidden, weight, bias, embeddings, chunk, keep):
         with autocast_off(hidden):
-            return SoftmaxCombination.chunked_forward(ctx, hidden, weight, bias, embeddings, chunk)
+            return SoftmaxCombination.chunked_forward(ctx, hidden, weight, bias, embeddings, chunk, keep)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -91,55 +159,75 @@ class SoftmaxCombination(torch.autograd.Function):
             return SoftmaxCombination.chunked_backward(ctx, grad_out)
 
     @staticmethod
-    def chunked_forward(ctx, hidden, weight, bias, embeddings, chunk):
-        out = hidden.new_empty(hidden.shape[0], embeddings.shape[1])
-        log_sum_exp = hidden.new_empty(hidden.shape[0])
-        for start in range(0, hidden.shape[0], chunk):
+    def chunked_forward(ctx, hidden, weight, bias, embeddings, chunk, keep):
+        tokens = hidden.shape[0]
+        stats = statistics_dtype(hidden.dtype)
+        out = hidden.new_empty(tokens, embeddings.shape[1])
+        log_sum_exp = hidden.new_empty(tokens, dtype=stats)
+        kept = hidden.new_empty(tokens, weight.shape[0]) if keep else None
+        for start in range(0, tokens, chunk):
             rows = slice(start, start + chunk)
-            logits = torch.addmm(bias, hidden[rows], weight.T)
+            logits = torch.addmm(bias, hidden[rows], weight.T).to(stats)
             top = logits.amax(dim=-1, keepdim=True)
             unnormalised = logits.sub_(top).exp_()  # one pass of exp; the division waits for the [n, D] product
             total = unnormalised.sum(dim=-1, keepdim=True)
-            torch.mm(unnormalised, embeddings, out=out[rows]).div_(total)
+            if keep:
+                torch.div(unnormalised, total, out=kept[rows])
+                torch.mm(kept[rows], embeddings, out=out[rows])
+            else:
+                product = torch.mm(unnormalised.to(hidden.dtype), embeddings)
+                out[rows] = product.to(stats).div_(total)
             log_sum_exp[rows] = (top + total.log()).squeeze(-1)
-        ctx.save_for_backward(hidden, weight, bias, embeddings, out, log_sum_exp)
+        ctx.save_for_backward(hidden, weight, bias, embeddings, out, log_sum_exp, *([kept] if keep else []))
         ctx.chunk = chunk
         return out
 
     @staticmethod
     def chunked_backward(ctx, grad_out):
-        hidden, weight, bias, embeddings, out, log_sum_exp = ctx.saved_tensors
+        hidden, weight, bias, embeddings, out, log_sum_exp, *kept = ctx.saved_tensors
+        kept = kept[0] if kept else None
         needs_hidden, needs_weight, needs_bias, needs_embeddings = ctx.needs_input_grad[:4]
-        grad_out = grad_out.contiguous()
+        dtype = hidden.dtype
+        grad_out = grad_out.to(dtype).contiguous()
+        accumulate = statistics_dtype(dtype)  # across chunks; within one, the matmul accumulates in float32 itself
         grad_hidden = torch.empty_like(hidden) if needs_hidden else None
-        grad_weight = torch.zeros_like(weight) if needs_weight else None
-        grad_bias = torch.zeros_like(bias) if needs_bias else None
-        grad_embeddings = torch.zeros_like(embeddings) if needs_embeddings else None
+        grad_weight = torch.zeros(weight.shape, dtype=accumulate, device=weight.device) if needs_weight else None
+        grad_bias = torch.zeros(bias.shape, dtype=accumulate, device=bias.device) if needs_bias else None
+        grad_embeddings = torch.zeros(embeddings.shape, dtype=accumulate, device=embeddings.device) if needs_embeddings else None
         # d(softmax): dS = P * (dP - rowsum(P * dP)), and rowsum(P * dP) = rowsum(dO * O): no [N, T] sum kept.
-        delta = (grad_out * out).sum(dim=-1)
+        delta = (grad_out.to(accumulate) * out.to(accumulate)).sum(dim=-1)
         for start in range(0, hidden.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
             h, g = hidden[rows], grad_out[rows]
-            p = torch.addmm(bias, h, weight.T).sub_(log_sum_exp[rows, None]).exp_()
+            if kept is not None:
+                p = kept[rows]
+            else:
+                p = torch.addmm(bias, h, weight.T).to(accumulate).sub_(log_sum_exp[rows, None]).exp_()
             if needs_embeddings:
-                grad_embeddings.addmm_(p.T, g)
+                grad_embeddings += torch.mm(p.T.to(dtype), g)
             if not (needs_hidden or needs_weight or needs_bias):
                 continue
-            grad_logits = p.mul_((g @ embeddings.T).sub_(delta[rows, None]))
+            grad_logits = (g @ embeddings.T).to(accumulate).sub_(delta[rows, None]).mul_(p).to(dtype)
             if needs_hidden:
                 torch.mm(grad_logits, weight, out=grad_hidden[rows])
             if needs_weight:
-                grad_weight.addmm_(grad_logits.T, h)
+                grad_weight += torch.mm(grad_logits.T, h)
             if needs_bias:
-                grad_bias.add_(grad_logits.sum(dim=0))
-        return grad_hidden, grad_weight, grad_bias, grad_embeddings, None
+                grad_bias += grad_logits.to(accumulate).sum(dim=0)
+        cast = lambda grad, like: None if grad is None else grad.to(like.dtype)  # noqa: E731
+        return grad_hidden, cast(grad_weight, weight), cast(grad_bias, bias), cast(grad_embeddings, embeddings), None, None
 
 
 def softmax_combination(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, embeddings: torch.Tensor,
-                        chunk: int = DEFAULT_CHUNK_TOKENS) -> torch.Tensor:
-    """`softmax(h W^T + b) @ E` for any leading shape of h, peak memory O(chunk x T) instead of O(N x T)."""
+                        chunk: int | None = None, keep: bool | None = None) -> torch.Tensor:
+    """`softmax(h W^T + b) @ E` for any leading shape of h, in the inputs' dtype, without [N x T] tensors unless
+    `keep` (default: `keeps_coefficients`). `chunk` defaults to what the device's memory budget holds."""
     flat = hidden.reshape(-1, hidden.shape[-1]).contiguous()
-    out = SoftmaxCombination.apply(flat, weight, bias, embeddings, chunk)
+    vocab_size = weight.shape[0]
+    chunk = chunk or softmax_chunk_tokens(vocab_size, flat.device)
+    if keep is None:
+        keep = torch.is_grad_enabled() and keeps_coefficients(flat.shape[0], vocab_size, flat.dtype, flat.device)
+    out = SoftmaxCombination.apply(flat, weight, bias, embeddings, chunk, keep)
     return out.reshape(*hidden.shape[:-1], embeddings.shape[-1])
 
 

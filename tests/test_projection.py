@@ -151,3 +151,96 @@ def test_projector_inference_cache_follows_weight_and_embedding_changes(qwen_cli
     out.sum().backward()
     assert projector.vocab_proj.weight.grad is not None and embed.weight.grad is not None
     assert projector.folded_cache.value is None
+
+
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}  # relative to a float64 reference, outputs and gradients
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("embeddings_trained", [True, False], ids=["E-trained", "E-frozen"])
+@pytest.mark.parametrize("activation, keep", [("none", False), ("softmax", False), ("softmax", True)],
+                         ids=["fold", "softmax-recomputed", "softmax-kept"])
+def test_numerics_per_dtype_against_float64(activation, keep, dtype, embeddings_trained):
+    """The fast paths in the step's compute dtype: within the dtype's tolerance of float64 and no worse than the
+    literal product run in that dtype (softmax statistics stay float32 either way)."""
+    reference_inputs = inputs(torch.float64)
+    reference_inputs[3].requires_grad_(embeddings_trained)
+    upstream = torch.randn(N, D, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    reference = naive_combination(*reference_inputs, activation)
+    wanted = [t for t in reference_inputs if t.requires_grad]
+    reference_grads = torch.autograd.grad(reference, wanted, upstream)
+
+    def run(path):
+        tensors = [t.detach().to(dtype).requires_grad_(t.requires_grad) for t in reference_inputs]
+        if path == "naive":
+            out = naive_combination(*tensors, activation)
+        elif activation == "softmax":
+            out = softmax_combination(*tensors, chunk=64, keep=keep)
+        else:
+            out = linear_combination(tensors[0], *folded_matrices(*tensors[1:]))
+        assert out.dtype == dtype
+        return out, torch.autograd.grad(out, [t for t in tensors if t.requires_grad], upstream.to(dtype))
+
+    (out, grads), (naive_out, naive_grads) = run("fast"), run("naive")
+    tolerance = TOLERANCE[dtype]
+    assert relative_error(out, reference) < tolerance
+    assert relative_error(out, reference) <= 2 * max(relative_error(naive_out, reference), tolerance / 10)
+    for got, naive_grad, expected in zip(grads, naive_grads, reference_grads):
+        assert got.dtype == dtype
+        assert relative_error(got, expected) < tolerance
+        assert relative_error(got, expected) <= 2 * max(relative_error(naive_grad, expected), tolerance / 10)
+
+
+def test_kept_coefficients_are_the_only_tokens_by_vocabulary_tensor_saved():
+    hidden, weight, bias, embeddings = inputs(torch.float32)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(tuple(t.shape)) or t, lambda t: t):
+        softmax_combination(hidden, weight, bias, embeddings, chunk=64, keep=True)
+    assert saved.count((N, T)) == 1
+
+
+@pytest.mark.parametrize("activation", ["none", "softmax"])
+def test_projector_runs_its_products_in_the_autocast_dtype(qwen_clip_dir, activation):
+    """Under a Trainer's bf16 mixed precision the combination follows autocast (bf16 products, float32 weights
+    untouched); outside it, `combine_in_float32` runs them in float32."""
+    from transformers import AutoModelForImageTextToText
+
+    from modeling_langbridge.projection_langbridge import combination_dtype
+
+    model = AutoModelForImageTextToText.from_pretrained(qwen_clip_dir)
+    projector = model.model.multi_modal_projector
+    projector.coefficient_activation = activation
+    features = torch.randn(2, 16, projector.linear_1.in_features)
+    embed = model.get_input_embeddings()
+    assert combination_dtype(features, True) == torch.float32
+    plain = projector(features, embed)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert combination_dtype(features, True) == torch.bfloat16
+        mixed = projector(features, embed)
+    assert plain.dtype == mixed.dtype == torch.float32  # the embeddings' dtype
+    assert not torch.equal(plain, mixed)  # the bf16 products really ran
+    assert relative_error(mixed, plain.double()) < TOLERANCE[torch.bfloat16]
+
+
+def test_chunks_come_from_a_memory_budget():
+    from modeling_langbridge.projection_langbridge import (
+        SOFTMAX_BYTES_PER_ENTRY,
+        keeps_coefficients,
+        softmax_chunk_tokens,
+        softmax_memory_budget,
+    )
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert softmax_chunk_tokens(19200, cpu) * 19200 * SOFTMAX_BYTES_PER_ENTRY <= softmax_memory_budget(cpu)
+    assert softmax_chunk_tokens(19200, cuda) > softmax_chunk_tokens(19200, cpu) >= 1000
+    assert softmax_chunk_tokens(1000, cpu) > softmax_chunk_tokens(19200, cpu)  # a smaller vocabulary: more tokens
+    assert not keeps_coefficients(2048, 19200, torch.bfloat16, cpu)
+    assert keeps_coefficients(18432, 19200, torch.bfloat16, cuda)
+    assert not keeps_coefficients(200_000, 19200, torch.bfloat16, cuda)
+
+
+def test_folding_counts_the_backward_when_training():
+    # One image at the paper's sizes with E trained: folding's fixed T*H*D costs weigh three times in training.
+    assert not folding_pays(576, 19200, 5120, 896, training=True, embeddings_trained=True)
+    assert folding_pays(2048, 19200, 5120, 896, training=True, embeddings_trained=True)
+    assert folding_pays(2048, 19200, 5120, 896, training=True, embeddings_trained=False)

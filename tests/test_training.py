@@ -368,9 +368,11 @@ def test_a_hub_style_pair_is_composed_before_training(parts, world, tmp_path):
 
 
 @pytest.mark.parametrize("folder_fixture", ["qwen_clip_dir", "llama_siglip_dir"])  # raw-logit and softmax coefficients
-def test_bf16_mixed_precision_trains_and_keeps_the_combination_in_float32(folder_fixture, world, tmp_path, request):
+def test_bf16_mixed_precision_trains_and_runs_the_combination_in_the_steps_dtype(folder_fixture, world, tmp_path, request):
     """`bf16: true` (as the shipped recipes set) runs the model under autocast: the projector's autograd functions
-    must still work, and the float32 combination must stay float32 rather than be recast to bf16."""
+    must still work, and the combination runs its products in bf16 like the rest of the step (the precision policy
+    of projection_langbridge.py), to within bf16's precision of the exact visual tokens, returned in the
+    embeddings' dtype."""
     folder = request.getfixturevalue(folder_fixture)
     config = write_config(tmp_path / "sft.yaml", model_name_or_path=str(folder), dataset=str(world["qa"]),
                           image_folder=str(world["images"]), output_dir=str(tmp_path / "out"), max_steps=2,
@@ -389,4 +391,5 @@ def test_bf16_mixed_precision_trains_and_keeps_the_combination_in_float32(folder
     coefficients = logits.softmax(-1) if projector.coefficient_activation == "softmax" else logits
     expected = coefficients @ projector.vocab_embeddings(embed).double()
     assert visual_tokens.dtype == torch.float32
-    assert ((visual_tokens.double() - expected).norm() / expected.norm()).item() < 1e-5  # bf16 would be ~1e-2
+    error = ((visual_tokens.double() - expected).norm() / expected.norm()).item()
+    assert 1e-5 < error < 2e-2  # bf16 products (float32 ones would be ~1e-7), float32 accumulation
