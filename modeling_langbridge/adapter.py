@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from .files import atomic_folder, read_checkpoint_tensors
+from .files import atomic_folder, load_safetensors, read_checkpoint_tensors
 from .vocab import SharedVocabulary
 
 ADAPTER_CONFIG = "langbridge_adapter.json"
@@ -86,6 +86,15 @@ class LangBridgeAdapter:
 
         from .configuration_langbridge import LangBridgeConfig
 
+        config_file = Path(folder) / "config.json"
+        if not config_file.exists():
+            raise ValueError(f"{folder} is not a model folder (no config.json); give the folder a LangBridge model was saved to.")
+        model_type = json.loads(config_file.read_text()).get("model_type")
+        if model_type != LangBridgeConfig.model_type:
+            raise ValueError(
+                f"{folder} holds a {model_type!r} model, not a LangBridge one, so it has no adapter to export; "
+                "give a folder made by `langbridge compose`, `transfer` or training."
+            )
         config = LangBridgeConfig.from_pretrained(folder)
         tensors = read_checkpoint_tensors(folder, PROJECTOR_PREFIX)
         weights = {k[len(PROJECTOR_PREFIX):]: v for k, v in tensors.items() if k[len(PROJECTOR_PREFIX):] in PROJECTOR_SHAPES}
@@ -117,7 +126,7 @@ class LangBridgeAdapter:
         if description.get("format") != FORMAT:
             raise ValueError(f"{config_file} is not a LangBridge adapter description.")
         facts = AdapterFacts(**{k: description[k] for k in AdapterFacts.__dataclass_fields__ if k in description})
-        return cls(load_file(folder / ADAPTER_WEIGHTS), SharedVocabulary.load(folder / VOCABULARY_FILE), facts)
+        return cls(load_safetensors(folder / ADAPTER_WEIGHTS), SharedVocabulary.load(folder / VOCABULARY_FILE), facts)
 
 
 def facts_of_config(config) -> AdapterFacts:

@@ -19,7 +19,7 @@ from .adapter import AdapterFacts, LangBridgeAdapter
 from .chat_templates import chat_format_for
 from .compose import Composed, assemble, fit_embeddings, load_vision_tower, prepare_tokenizer, vision_config_of
 from .configuration_langbridge import CLIP_VIT_L_336, LangBridgeConfig
-from .files import read_checkpoint_tensors
+from .files import load_safetensors, load_torch_weights, read_checkpoint_tensors
 from .processing_langbridge import LangBridgeProcessor
 from .vocab import SharedVocabulary, VocabularyMapping
 
@@ -55,10 +55,8 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist.")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        return load_safetensors(path)
+    state = load_torch_weights(path)
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of named tensors.")
     return state
@@ -270,7 +268,7 @@ def official_embedding_matrix(vocab_matrix, official: dict, checkpoint: Path, ll
             "embeddings; if its SFT trained them, pass --vocab-matrix for the official numerics"
         )
         return None
-    matrix = torch.load(path, map_location="cpu", weights_only=True)
+    matrix = load_torch_weights(path)
     live = llm.get_input_embeddings().weight[torch.tensor(vocab_ids)].detach().float()
     if not isinstance(matrix, torch.Tensor) or tuple(matrix.shape) != tuple(live.shape):
         raise ValueError(f"{path} is not a [{live.shape[0]}, {live.shape[1]}] embedding matrix.")

@@ -1,13 +1,64 @@
 """Writing output folders whole or not at all, and reading weights from saved checkpoints."""
 
 import json
+import os
+import pickle
 import shutil
+import signal
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
+
+from .errors import LangBridgeUsageError, damaged_safetensors_error, pickled_weights_error
+
+# Scratch folders and files being written now: removed if the process is told to stop (SIGTERM, as schedulers
+# send), so no `.NAME.partial-*` is left behind; normal errors remove them through the `finally` blocks.
+_SCRATCH: set[Path] = set()
+
+
+def _remove_scratch() -> None:
+    for path in list(_SCRATCH):
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        _SCRATCH.discard(path)
+
+
+def _on_sigterm(signum, frame, previous=None):
+    _remove_scratch()
+    if callable(previous):
+        return previous(signum, frame)
+    signal.signal(signum, signal.SIG_DFL if previous in (None, signal.SIG_DFL) else previous)
+    if previous != signal.SIG_IGN:
+        os.kill(os.getpid(), signum)  # die of the signal as before, with its exit status
+
+
+def _watch_sigterm() -> None:
+    """Clean scratch on SIGTERM, then do what the process did before (default: die). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    current = signal.getsignal(signal.SIGTERM)
+    if getattr(current, "_langbridge", False):
+        return
+
+    def handler(signum, frame):
+        _on_sigterm(signum, frame, current)
+
+    handler._langbridge = True
+    signal.signal(signal.SIGTERM, handler)
+
+
+@contextmanager
+def _scratch(path: Path):
+    _watch_sigterm()
+    _SCRATCH.add(path)
+    try:
+        yield path
+    finally:
+        _SCRATCH.discard(path)
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -17,14 +68,56 @@ def atomic_folder(out: str | Path):
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} already exists and is not empty; choose another output folder or remove it.")
     out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with _scratch(Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))) as scratch:
         yield scratch
         if out.exists():
             out.rmdir()
         scratch.rename(out)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def refuse_overwrite(path: str | Path, overwrite: bool = False, flag: str = "--overwrite") -> Path:
+    """Refuse to replace an existing file unless asked; call it before the work that produces the file."""
+    path = Path(path)
+    if path.is_dir():
+        raise LangBridgeUsageError(f"{path} is a folder; give a file name to write to.")
+    if path.exists() and not overwrite:
+        raise LangBridgeUsageError(f"{path} already exists; choose another name, or pass {flag} to replace it.")
+    return path
+
+
+@contextmanager
+def atomic_file(path: str | Path, overwrite: bool = False):
+    """Yield a scratch file next to `path`; it replaces `path` in one step only if the block finishes without
+    error, so a reader never sees half a file. An existing `path` is kept unless `overwrite`."""
+    path = refuse_overwrite(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    os.close(handle)
+    with _scratch(Path(name)) as scratch:
+        yield scratch
+        os.replace(scratch, path)
+
+
+def write_text_atomic(path: str | Path, text: str, overwrite: bool = False) -> Path:
+    with atomic_file(path, overwrite) as scratch:
+        scratch.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def looks_like_local_path(name: str) -> bool:
+    """A path rather than a Hub id (`org/name`): starts with `.`, `/` or `~`, or has more than one part."""
+    text = str(name)
+    return text.startswith((".", "/", "~", "\\")) or text.count("/") > 1 or "\\" in text or Path(text).suffix in (".json", ".yaml", ".yml")
+
+
+def require_source(name_or_path: str | Path, what: str = "model") -> str:
+    """A local path must exist; a Hub id is left to the Hub. Refuses a missing local path as that, not as a bad id."""
+    text = str(name_or_path)
+    if not Path(text).expanduser().exists() and (isinstance(name_or_path, Path) or looks_like_local_path(text)):
+        raise LangBridgeUsageError(
+            f"{text} does not exist; give an existing {what} folder, or a Hub id such as org/name."
+        )
+    return text
 
 
 def read_checkpoint_tensors(folder: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -37,14 +130,38 @@ def read_checkpoint_tensors(folder: str | Path, prefix: str = "") -> dict[str, t
     tensors = {}
     for file in files:
         if file.suffix == ".safetensors":
-            with safe_open(file, framework="pt") as reader:
-                for key in reader.keys():
-                    if key.startswith(prefix):
-                        tensors[key] = reader.get_tensor(key)
+            try:
+                with safe_open(file, framework="pt") as reader:
+                    for key in reader.keys():
+                        if key.startswith(prefix):
+                            tensors[key] = reader.get_tensor(key)
+            except SafetensorError as error:
+                raise damaged_safetensors_error(file, error) from None
         else:
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            state = load_torch_weights(file)
             tensors.update({k: v for k, v in state.items() if k.startswith(prefix)})
     return tensors
+
+
+def load_safetensors(file: str | Path) -> dict[str, torch.Tensor]:
+    """A whole safetensors file; a damaged or truncated one is refused with its name."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(file)
+    except SafetensorError as error:
+        raise damaged_safetensors_error(file, error) from None
+
+
+def load_torch_weights(file: str | Path):
+    """`torch.load(weights_only=True)`: tensors only, no code from the file runs; a file that needs more is
+    refused with its name (and never with advice to lift the restriction)."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise pickled_weights_error(file) from None
+    except (RuntimeError, EOFError) as error:
+        raise LangBridgeUsageError(f"{file} is not a readable PyTorch weights file ({error}); download or save it again.") from None
 
 
 def checkpoint_files(folder: Path) -> list[Path]:

@@ -4,11 +4,79 @@ Each `<image>` in the text becomes as many placeholder tokens as the image yield
 model can scatter them in place. This file travels with checkpoints as remote code.
 """
 
+import io
+import os
+from pathlib import Path
+
 from transformers.image_utils import get_image_size, to_numpy_array
 from transformers.processing_utils import MultiModalData, ProcessorMixin
 from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def as_rgb(image):
+    """An RGB copy of a PIL image. 16-bit greyscale (PNG's `I;16`) and 32-bit integer images are scaled to 8 bits
+    (Pillow's own conversion clips them, so a 16-bit image turns white); other modes convert as Pillow does."""
+    import numpy as np
+    from PIL import Image
+
+    if image.mode == "RGB":
+        return image
+    if image.mode in SIXTEEN_BIT_MODES or image.mode in ("I", "F"):
+        values = np.asarray(image).astype(np.float64)
+        if image.mode in SIXTEEN_BIT_MODES or values.max(initial=0) > 255:  # 16-bit range (PNG reads as I or I;16)
+            values = values / 257.0
+        grey = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+        return grey.convert("RGB")
+    return image.convert("RGB")
+
+
+def _verify(source, name: str) -> None:
+    """Pillow's `verify` checks what a format lets it check (PNG: every chunk's checksum, the image data's too)."""
+    from PIL import Image
+
+    with Image.open(source) as probe:
+        probe.verify()
+
+
+def open_image(source, name: str | None = None):
+    """An image, fully decoded, checked and in RGB, from a path, bytes, a `{"bytes", "path"}` dict or a PIL image.
+
+    Decoding happens here, so a damaged or truncated file fails here, with its name (`name`, e.g. `data.jsonl:7`,
+    says where it was referred to); a PNG's checksums are verified, so damaged image data is not read as pixels.
+    """
+    from PIL import Image
+
+    if isinstance(source, dict):
+        data, path = source.get("bytes"), source.get("path")
+        source = data if data else path
+        name = name or path or "<image bytes>"
+    if isinstance(source, (bytes, bytearray)):
+        source, name = io.BytesIO(source), name or "<image bytes>"
+    name = name or str(source)
+    try:
+        if isinstance(source, Image.Image):
+            filename = getattr(source, "filename", None)
+            if filename and source.format == "PNG" and os.path.isfile(filename):
+                _verify(filename, name)
+            source.load()
+            return as_rgb(source)
+        if isinstance(source, (str, Path)) and not os.path.isfile(source):
+            raise FileNotFoundError("no such file")
+        _verify(source, name)
+        if isinstance(source, io.BytesIO):
+            source.seek(0)
+        image = Image.open(source)
+        image.load()
+        return as_rgb(image)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(
+            f"cannot read the image {name} ({str(error) or type(error).__name__}); replace it with a readable PNG or "
+            "JPEG file, or remove it from the data."
+        ) from error
 
 
 class LangBridgeProcessor(ProcessorMixin):
@@ -82,8 +150,9 @@ class LangBridgeProcessor(ProcessorMixin):
         ignored = [name for name, value in (("videos", videos), ("audio", audio), ("audios", kwargs.pop("audios", None))) if value is not None]
         if ignored:
             logger.warning_once(f"LangBridge takes images and text only; ignoring {', '.join(ignored)}.")
+        images = self._checked_images(images, text)
         try:
-            return super().__call__(images=images, text=text, **kwargs)
+            outputs = super().__call__(images=images, text=text, **kwargs)
         except ValueError as error:
             if "Likely due to `truncation" not in str(error):
                 raise
@@ -92,6 +161,53 @@ class LangBridgeProcessor(ProcessorMixin):
                 f"{kwargs.get('max_length')}): the model needs all of an image's tokens or none. Raise max_length, "
                 "turn truncation off, or drop the sample."
             ) from error
+        if not images and kwargs.get("return_tensors") and "pixel_values" not in outputs:
+            # Text only: no images, but the key is there (0 rows), so a pipeline batch can mix these with image chats.
+            outputs["pixel_values"] = self._no_pixel_values(kwargs["return_tensors"])
+        return outputs
+
+    def _no_pixel_values(self, return_tensors):
+        from PIL import Image
+
+        blank = self.image_processor(Image.new("RGB", (32, 32)), return_tensors=return_tensors)["pixel_values"]
+        return blank[:0]
+
+    def _checked_images(self, images, text):
+        """Images opened and checked (paths are decoded with `open_image`; PIL images converted to RGB the 16-bit
+        aware way), and, when they come nested per sample, each sample's images matched to its own text."""
+        from PIL import Image
+
+        def check(image):
+            if isinstance(image, (str, Path, bytes, dict)):
+                return open_image(image)
+            if isinstance(image, Image.Image) and (image.mode != "RGB" or getattr(image, "filename", None)):
+                return open_image(image)
+            return image
+
+        if images is None:
+            return None
+        if not isinstance(images, (list, tuple)):
+            return check(images)
+        nested = any(isinstance(item, (list, tuple)) for item in images)
+        if not nested:
+            return [check(image) for image in images]
+        texts = [text] if isinstance(text, str) else text
+        if isinstance(texts, (list, tuple)) and all(isinstance(t, str) for t in texts):
+            if len(images) != len(texts):
+                raise ValueError(
+                    f"Images come as {len(images)} per-sample lists but there are {len(texts)} texts: give one list of "
+                    "images per text (an empty list for a text without images)."
+                )
+            for number, (sample_images, sample_text) in enumerate(zip(images, texts)):
+                sample_images = sample_images if isinstance(sample_images, (list, tuple)) else [sample_images]
+                placeholders = sample_text.count(self.image_token)
+                if placeholders != len(sample_images):
+                    raise ValueError(
+                        f"Sample {number} has {placeholders} {self.image_token} in its text but {len(sample_images)} "
+                        "image(s) in its list: each text's images must be in its own list, one per placeholder, in order."
+                    )
+        checked = [[check(image) for image in (item if isinstance(item, (list, tuple)) else [item])] for item in images]
+        return checked if any(checked) else None
 
     @property
     def model_input_names(self):
