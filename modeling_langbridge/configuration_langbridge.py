@@ -106,6 +106,7 @@ class LangBridgeConfig(PreTrainedConfig):
             self.tie_word_embeddings = True
         if self.shared_vocab_size is None:
             self.shared_vocab_size = 19200 if self.vocab_token_ids is None else len(self.vocab_token_ids)
+        self.check_settings()
         if not 0 <= self.image_token_id < self.text_config.vocab_size:
             raise ValueError(
                 f"image_token_id {self.image_token_id} is outside the LLM's vocabulary (text_config.vocab_size = "
@@ -113,6 +114,24 @@ class LangBridgeConfig(PreTrainedConfig):
                 "if needed, and pass its id (`langbridge compose` does all three)."
             )
         self.check_vocab_token_ids(self.vocab_token_ids)
+
+    def check_settings(self) -> None:
+        """Refuse sizes and layers the model cannot be built or run with, when they are given rather than at forward."""
+        for name in ("shared_vocab_size", "projector_hidden_size", "image_seq_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}.")
+        num_layers = getattr(self.vision_config, "num_hidden_layers", None)
+        layers = [self.vision_feature_layer] if isinstance(self.vision_feature_layer, int) else list(self.vision_feature_layer)
+        if not layers:
+            raise ValueError("vision_feature_layer is an empty list; give a layer index such as -2.")
+        if num_layers is not None:
+            outside = [layer for layer in layers if not -(num_layers + 1) <= layer <= num_layers]
+            if outside:
+                raise ValueError(
+                    f"vision_feature_layer {outside[0]} does not exist: the vision tower has {num_layers} layers, so "
+                    f"hidden-state indices run from {-(num_layers + 1)} to {num_layers} (-2 is the paper's)."
+                )
 
     def check_vocab_token_ids(self, vocab_token_ids: list[int | list[int]] | None) -> None:
         """Refuse shared-vocabulary ids that this LLM cannot embed, naming the offenders and the fix."""

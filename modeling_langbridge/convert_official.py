@@ -21,7 +21,7 @@ from .compose import Composed, assemble, fit_embeddings, load_vision_tower, prep
 from .configuration_langbridge import CLIP_VIT_L_336, LangBridgeConfig
 from .files import load_safetensors, load_torch_weights, read_checkpoint_tensors
 from .processing_langbridge import LangBridgeProcessor
-from .vocab import SharedVocabulary, VocabularyMapping
+from .vocab import SharedVocabulary, VocabularyMapping, read_official_vocabulary
 
 OFFICIAL_VISION_TOWER = "openai/clip-vit-large-patch14-336"
 OFFICIAL_LAYERS = {"0": "linear_1", "2": "linear_2", "3": "vocab_proj"}
@@ -208,9 +208,9 @@ def convert_checkpoint(
 
 def official_vocabulary_ids(vocab_file, tokenizer) -> tuple[list[int], list[str]]:
     """The ids the official code used, checked against the checkpoint's tokenizer."""
-    vocabulary = SharedVocabulary.from_official(vocab_file)
+    vocabulary = SharedVocabulary.from_official(vocab_file, tokenizer_size=len(tokenizer))
     ids = vocabulary.source["official_ids"]
-    raw_tokens = list(json.loads(Path(vocab_file).read_text(encoding="utf-8")))
+    raw_tokens = list(read_official_vocabulary(vocab_file))
     wrong = [(token, i) for token, i in zip(raw_tokens, ids) if tokenizer.convert_ids_to_tokens(i) != token]
     if wrong:
         token, token_id = wrong[0]

@@ -8,6 +8,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from .errors import LangBridgeUsageError
+
 IMAGE_PLACEHOLDER = "<image>"
 
 
@@ -83,20 +85,60 @@ def _skip(text: str, position: int, characters: str) -> int:
 
 
 def iter_corpus(paths: list[str | Path], text_field: str | None = None) -> Iterator[str]:
-    """Every non-empty text in the files, in order; the format is taken from each file's suffix."""
+    """Every non-empty text in the files, in order; the format is taken from each file's suffix. A file that is
+    not UTF-8 text, or a record that cannot be read, is refused with the file and line (or record) number."""
     for path in map(Path, paths):
-        if not path.exists():
-            raise FileNotFoundError(f"Corpus file {path} does not exist.")
-        suffix = path.suffix.lower()
-        if suffix == ".jsonl":
-            with open(path, encoding="utf-8") as file:
-                records = (json.loads(line) for line in file if line.strip())
-                yield from _nonempty(t for record in records for t in texts_of_record(record, text_field))
-        elif suffix == ".json":
-            yield from _nonempty(t for record in iter_json_array(path) for t in texts_of_record(record, text_field))
-        else:
-            with open(path, encoding="utf-8") as file:
-                yield from _nonempty(line.rstrip("\n") for line in file)
+        if not path.is_file():
+            raise FileNotFoundError(f"Corpus file {path} does not exist; give existing .txt, .jsonl or .json files.")
+        yield from _iter_file(path, text_field)
+
+
+def _iter_file(path: Path, text_field: str | None) -> Iterator[str]:
+    suffix, number = path.suffix.lower(), 0
+    try:
+        if suffix == ".json":
+            for number, record in enumerate(iter_json_array(path)):
+                yield from _nonempty(_texts(record, text_field, f"{path}: record {number}"))
+            return
+        with open(path, encoding="utf-8") as file:
+            for number, line in enumerate(file, start=1):
+                if "\x00" in line:
+                    raise UnicodeDecodeError("utf-8", b"\x00", 0, 1, "a NUL byte: binary data")
+                if suffix == ".jsonl":
+                    if not line.strip():
+                        continue
+                    try:
+                        record = json.loads(line)
+                    except json.JSONDecodeError as error:
+                        raise LangBridgeUsageError(
+                            f"{path}:{number} is not valid JSON ({error.msg} at column {error.colno}); each line of a "
+                            ".jsonl corpus must be one JSON record."
+                        ) from None
+                    yield from _nonempty(_texts(record, text_field, f"{path}:{number}"))
+                else:
+                    yield from _nonempty([line.rstrip("\n")])
+    except UnicodeDecodeError as error:
+        where = f"{path}:{number + 1}" if suffix != ".json" else str(path)
+        raise LangBridgeUsageError(
+            f"{where} is not UTF-8 text ({error.reason}); the corpus must be text (.txt a text per line, .jsonl, or "
+            "LLaVA .json), not a binary file."
+        ) from None
+
+
+def _texts(record, text_field: str | None, where: str) -> list[str]:
+    if not isinstance(record, dict):
+        raise LangBridgeUsageError(f"{where} is a JSON {type(record).__name__}, not a record with text fields.")
+    try:
+        texts = list(texts_of_record(record, text_field))
+    except (KeyError, TypeError, AttributeError) as error:
+        raise LangBridgeUsageError(f"{where} is not a record this reader knows ({type(error).__name__}: {error}); "
+                                   "pass --text-field naming its text.") from None
+    except ValueError as error:
+        raise LangBridgeUsageError(f"{where}: {error}") from None
+    bad = [t for t in texts if not isinstance(t, str)]
+    if bad:
+        raise LangBridgeUsageError(f"{where} has a non-text value {bad[0]!r} where text was expected; pass --text-field.")
+    return texts
 
 
 def iter_dataset_column(name_or_path: str, column: str, split: str = "train") -> Iterator[str]:

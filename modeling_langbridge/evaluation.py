@@ -15,6 +15,10 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .errors import LangBridgeUsageError
+from .files import refuse_overwrite, write_text_atomic
+from .processing_langbridge import open_image
+
 NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
                 "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
 ARTICLES = {"a", "an", "the"}
@@ -73,31 +77,53 @@ class EvalResult:
         lines += [f"| {name} | {s.count} | {100 * s.vqa_accuracy:.1f} | {100 * s.exact_match:.1f} |" for name, s in rows]
         return "\n".join(lines)
 
-    def save(self, prefix: str | Path) -> list[Path]:
-        """`{prefix}_predictions.jsonl` (every question with its prediction and scores) and `{prefix}_scores.json`."""
-        prefix = Path(prefix)
-        prefix.parent.mkdir(parents=True, exist_ok=True)
-        predictions = prefix.with_name(prefix.name + "_predictions.jsonl")
-        with open(predictions, "w", encoding="utf-8") as file:
-            file.writelines(json.dumps(p, ensure_ascii=False) + "\n" for p in self.predictions)
-        scores = prefix.with_name(prefix.name + "_scores.json")
-        scores.write_text(json.dumps(self.to_dict(), indent=1))
+    def save(self, prefix: str | Path, overwrite: bool = False) -> list[Path]:
+        """`{prefix}_predictions.jsonl` (every question with its prediction and scores) and `{prefix}_scores.json`,
+        each written whole; existing files are kept unless `overwrite`."""
+        predictions, scores = output_paths(prefix)
+        for path in (predictions, scores):
+            refuse_overwrite(path, overwrite)
+        lines = "".join(json.dumps({k: v for k, v in p.items() if not k.startswith("_")}, ensure_ascii=False) + "\n"
+                        for p in self.predictions)
+        write_text_atomic(predictions, lines, overwrite)
+        write_text_atomic(scores, json.dumps(self.to_dict(), indent=1), overwrite)
         return [predictions, scores]
 
 
+def output_paths(prefix: str | Path) -> tuple[Path, Path]:
+    """The files `EvalResult.save(prefix)` writes."""
+    prefix = Path(prefix)
+    return prefix.with_name(prefix.name + "_predictions.jsonl"), prefix.with_name(prefix.name + "_scores.json")
+
+
 def read_questions(path: str | Path) -> list[dict]:
+    """The JSONL questions; each record remembers its line as `_source` (`file:line`), for errors about it."""
     path = Path(path)
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise LangBridgeUsageError(f"{path} is not UTF-8 text ({error}); give a JSONL file, a record per line.") from None
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
-        record = json.loads(line)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise LangBridgeUsageError(f"{path}:{number} is not valid JSON ({error.msg} at column {error.colno}); "
+                                       "each line must be one JSON record.") from None
+        if not isinstance(record, dict):
+            raise LangBridgeUsageError(f"{path}:{number} is a JSON {type(record).__name__}, not a record with image, "
+                                       "question and answers.")
         missing = {"image", "question", "answers"} - set(record)
         if missing:
             raise ValueError(f"{path}:{number} lacks {sorted(missing)}; each line needs image, question and answers.")
         if isinstance(record["answers"], str):
             record["answers"] = [record["answers"]]
+        record["_source"] = f"{path}:{number}"
         records.append(record)
+    if not records:
+        raise LangBridgeUsageError(f"{path} holds no questions; give a JSONL file with a record per line.")
     return records
 
 
@@ -133,7 +159,9 @@ def evaluate(model, processor, records: list[dict], image_root: str | Path | Non
     predictions = []
     for start in tqdm(range(0, len(records), batch_size), desc="Answering", unit=" batches", disable=not progress):
         batch = records[start : start + batch_size]
-        images = [Image.open(root / r["image"] if root else r["image"]).convert("RGB") for r in batch]
+        images = [open_image(root / r["image"] if root else r["image"],
+                             f"{root / r['image'] if root else r['image']} (from {r.get('_source', 'a record')})")
+                  for r in batch]
         answers = greedy_answers(model, processor, images, [r["question"] for r in batch], instruction, max_new_tokens)
         for record, answer in zip(batch, answers):
             predictions.append({**record, "prediction": answer, "vqa_accuracy": vqa_accuracy(answer, record["answers"]),

@@ -51,7 +51,7 @@ def _watch_sigterm() -> None:
 
 
 @contextmanager
-def _scratch(path: Path):
+def scratch_path(path: Path):
     _watch_sigterm()
     _SCRATCH.add(path)
     try:
@@ -68,7 +68,7 @@ def atomic_folder(out: str | Path):
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} already exists and is not empty; choose another output folder or remove it.")
     out.parent.mkdir(parents=True, exist_ok=True)
-    with _scratch(Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))) as scratch:
+    with scratch_path(Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))) as scratch:
         yield scratch
         if out.exists():
             out.rmdir()
@@ -93,7 +93,7 @@ def atomic_file(path: str | Path, overwrite: bool = False):
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
     os.close(handle)
-    with _scratch(Path(name)) as scratch:
+    with scratch_path(Path(name)) as scratch:
         yield scratch
         os.replace(scratch, path)
 

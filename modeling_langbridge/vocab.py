@@ -9,6 +9,7 @@ tokenizer's ids for the strings, composing a token it lacks from its own sub-tok
 import heapq
 import json
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable
 from itertools import chain
@@ -17,6 +18,9 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from .errors import LangBridgeUsageError
+from .files import write_text_atomic
 
 BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 BYTE_ESCAPES = re.compile(r"(?:<0x[0-9A-F]{2}>)+")
@@ -70,8 +74,16 @@ def normal_form_bytes(text: str) -> bytes:
 
 
 def is_word_like(text: str) -> bool:
-    """Whole text with something visible in it: not a byte escape, not whitespace."""
-    return not BYTE_ESCAPES.fullmatch(text) and bool(text.strip())
+    """Whole text with something visible in it: not a byte escape, not whitespace, no control character (byte-level
+    BPE spells the bytes 0x00-0x1F and 0x7F as single tokens that decode to control characters such as `\\x00`)."""
+    return (not BYTE_ESCAPES.fullmatch(text) and bool(text.strip())
+            and not any(unicodedata.category(c) == "Cc" and not c.isspace() for c in text))
+
+
+def check_size(size, what: str = "shared vocabulary size") -> None:
+    """A vocabulary size must be a whole number of at least 1 (0 gives all-zero visual tokens)."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise LangBridgeUsageError(f"The {what} must be a whole number of at least 1, not {size!r}; pick T such as 19200.")
 
 
 class TokenizerVocabulary:
@@ -210,6 +222,8 @@ class SharedVocabulary:
         """
         if len(tokenizers) < 2:
             raise ValueError("A shared vocabulary needs at least two tokenizers.")
+        if size is not None:
+            check_size(size)
         vocabularies = [TokenizerVocabulary(t) for t in tokenizers]
         shared = set(vocabularies[0].id_of).intersection(*(v.id_of for v in vocabularies[1:]))
         id_counts = [Counter() for _ in tokenizers]
@@ -248,6 +262,7 @@ class SharedVocabulary:
     @classmethod
     def from_tokenizer(cls, tokenizer, size: int) -> "SharedVocabulary":
         """The first `size` word-like tokens by id: in BPE, lower ids are earlier merges, i.e. more frequent."""
+        check_size(size)
         vocabulary = TokenizerVocabulary(tokenizer)
         ids = vocabulary.word_like_ids()
         if len(ids) < size:
@@ -255,10 +270,12 @@ class SharedVocabulary:
                 f"The tokenizer has only {len(ids)} ordinary word-like tokens; a shared vocabulary of {size} "
                 "cannot be drawn from it. Ask for a smaller size."
             )
-        skipped = len(tokenizer.get_vocab()) - len(ids)
+        last = ids[size - 1]
+        skipped = sum(1 for token_id in tokenizer.get_vocab().values() if token_id < last) - (size - 1)
         how = (
             f"the first {size} ordinary tokens of {vocabulary.name} by id (BPE merge order, a proxy for frequency "
-            f"in its training data), skipping {skipped} special, added, byte, partial-UTF-8 or whitespace-only tokens"
+            f"in its training data), skipping {skipped} special, added, byte, control, partial-UTF-8 or "
+            f"whitespace-only tokens among ids 0-{last}"
         )
         return cls(tokens=[vocabulary.text_of[i] for i in ids[:size]], source={"chosen_as": how})
 
@@ -288,11 +305,10 @@ class SharedVocabulary:
                 mapping.missing.append(text)
         return mapping
 
-    def save(self, path: str | Path) -> Path:
-        path = Path(path)
+    def save(self, path: str | Path, overwrite: bool = False) -> Path:
+        """The vocabulary as JSON, written whole; an existing file is kept unless `overwrite`."""
         payload = {"format": FORMAT, "size": len(self), "tokens": self.tokens, "counts": self.counts, "source": self.source}
-        path.write_text(json.dumps(payload, ensure_ascii=False, indent=1), encoding="utf-8")
-        return path
+        return write_text_atomic(path, json.dumps(payload, ensure_ascii=False, indent=1), overwrite)
 
     @classmethod
     def load(cls, path: str | Path) -> "SharedVocabulary":
@@ -308,18 +324,15 @@ class SharedVocabulary:
                 "\"tokens\"). Build one with `langbridge vocab build`; official LangBridge vocabularies "
                 "(token -> id) go through `langbridge convert-official`."
             )
+        if not payload["tokens"]:
+            raise LangBridgeUsageError(f"{path} lists no tokens; build a vocabulary of at least one token.")
         return cls(tokens=payload["tokens"], counts=payload.get("counts"), source=payload.get("source") or {})
 
     @classmethod
-    def from_official(cls, path: str | Path) -> "SharedVocabulary":
-        """An official LangBridge vocabulary file (JSON: byte-level token string -> id, most frequent first)."""
+    def from_official(cls, path: str | Path, tokenizer_size: int | None = None) -> "SharedVocabulary":
+        """An official LangBridge vocabulary file (see `read_official_vocabulary`), as token strings in normal form."""
         path = Path(path)
-        payload = _read_json(path, "an official vocabulary file")
-        if not isinstance(payload, dict) or not payload or not all(isinstance(v, int) for v in payload.values()):
-            raise ValueError(
-                f"{path} is not an official LangBridge vocabulary (expected a JSON object of token string -> id, "
-                "like vocab/19200_*_sub_llava_share_intersect_llama_qwen.json)."
-            )
+        payload = read_official_vocabulary(path, tokenizer_size)
         byte_level = not any("▁" in token for token in payload)
         spelled = {token: token_bytes(token, byte_level) for token in payload}
         unreadable = [token for token, data in spelled.items() if not data]
@@ -327,6 +340,52 @@ class SharedVocabulary:
             raise ValueError(f"{path}: {len(unreadable)} tokens are not byte-level spellings, e.g. {unreadable[:5]}")
         tokens = [normal_form(data) for data in spelled.values()]
         return cls(tokens=tokens, source={"official_file": path.name, "official_ids": list(payload.values())})
+
+
+def read_official_vocabulary(path: str | Path, tokenizer_size: int | None = None) -> dict[str, int]:
+    """An official LangBridge vocabulary file as token string -> id, most frequent first: a JSON object of
+    byte-level token string -> id (the 19,200-token files), or a list of `{token: [id, position]}` (the
+    25,600-token Llama-3 file). The ids must be token ids: unique, non-negative, and below `tokenizer_size` when it
+    is given; a token -> count frequency file is refused.
+    """
+    path = Path(path)
+    payload = _read_json(path, "an official vocabulary file")
+    is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
+    if isinstance(payload, list) and payload and all(
+        isinstance(e, dict) and len(e) == 1 and isinstance(v := next(iter(e.values())), list) and len(v) == 2
+        and all(map(is_int, v)) for e in payload
+    ):  # [{token: [id, position]}, ...]
+        entries = [(token, value[0], value[1]) for e in payload for token, value in e.items()]
+        positions = sorted(position for _, _, position in entries)
+        if positions != list(range(len(entries))):
+            raise LangBridgeUsageError(
+                f"{path} lists [id, position] pairs whose positions are not 0..{len(entries) - 1} once each; "
+                "the file is damaged or in another layout."
+            )
+        payload = {token: token_id for token, token_id, _ in sorted(entries, key=lambda e: e[2])}
+        if len(payload) != len(entries):
+            raise LangBridgeUsageError(f"{path} lists a token more than once.")
+    if not isinstance(payload, dict) or not payload or not all(map(is_int, payload.values())):
+        raise ValueError(
+            f"{path} is not an official LangBridge vocabulary: expected a JSON object of token string -> id (like "
+            "vocab/19200_*_sub_llava_share_intersect_llama_qwen.json) or a list of {token: [id, position]} (the "
+            "25,600-token Llama-3 file)."
+        )
+    ids = list(payload.values())
+    repeated = len(ids) - len(set(ids))
+    negative = [i for i in ids if i < 0]
+    if repeated or negative:
+        raise LangBridgeUsageError(
+            f"{path} maps tokens to values that cannot be token ids ({repeated} repeated, {len(negative)} negative); "
+            "it looks like a token -> count frequency file. Give the vocabulary file whose values are the LLM's "
+            "token ids."
+        )
+    if tokenizer_size is not None and (too_big := [i for i in ids if i >= tokenizer_size]):
+        raise LangBridgeUsageError(
+            f"{path} has {len(too_big)} ids at or above the tokenizer's size {tokenizer_size} (e.g. {too_big[0]}): "
+            "it belongs to another tokenizer, or holds counts rather than ids."
+        )
+    return payload
 
 
 def _read_json(path: Path, what: str):

@@ -7,15 +7,17 @@ image (each image is a known number of tokens) and drops, with counts, those a t
 an image or leave with nothing to learn.
 """
 
-import io
 import multiprocessing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from datasets import Dataset, Image as ImageFeature, Sequence, load_dataset, load_from_disk
+from datasets.exceptions import DatasetGenerationError
 from PIL import Image
 
 from modeling_langbridge.corpus import iter_json_array
+from modeling_langbridge.errors import LangBridgeUsageError
+from modeling_langbridge.processing_langbridge import open_image as open_checked_image
 
 IMAGE = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -33,12 +35,26 @@ def content_items(text: str) -> list[dict]:
     return items
 
 
-def llava_record_to_sample(record: dict, image_folder: str | Path | None) -> dict:
-    """One record of LLaVA's JSON (`blip_laion_cc_sbu_558k.json`, `llava_v1_5_mix665k.json`)."""
+def llava_record_to_sample(record: dict, image_folder: str | Path | None, where: str = "a record") -> dict:
+    """One record of LLaVA's JSON (`blip_laion_cc_sbu_558k.json`, `llava_v1_5_mix665k.json`); `where` names it in
+    errors (file and record number)."""
+    if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
+        raise LangBridgeUsageError(
+            f"{where} has no \"conversations\" list; LLaVA records look like {{\"image\": ..., \"conversations\": "
+            "[{\"from\": \"human\", \"value\": ...}, {\"from\": \"gpt\", \"value\": ...}]}."
+        )
     images = record.get("image") or []
     images = [images] if isinstance(images, str) else list(images)
     folder = Path(image_folder) if image_folder else None
-    messages = [{"role": ROLES[turn["from"]], "content": content_items(turn["value"])} for turn in record["conversations"]]
+    messages = []
+    for turn in record["conversations"]:
+        role = turn.get("from") if isinstance(turn, dict) else None
+        if role not in ROLES or not isinstance(turn.get("value"), str):
+            raise LangBridgeUsageError(
+                f"{where} has a turn {str(turn)[:80]!r} whose \"from\" is not one of {sorted(ROLES)} (or whose "
+                "\"value\" is not text); fix the record or rename the role."
+            )
+        messages.append({"role": ROLES[role], "content": content_items(turn["value"])})
     return {"messages": messages, "images": [str(folder / name) if folder else name for name in images]}
 
 
@@ -46,11 +62,22 @@ def load_llava_json(path: str | Path, image_folder: str | Path | None = None) ->
     """A LLaVA JSON file as an Arrow-backed dataset (built by streaming the file, memory-mapped afterwards)."""
     path = Path(path)
 
-    def samples(path=str(path), image_folder=str(image_folder) if image_folder else None):
-        for record in iter_json_array(path):
-            yield llava_record_to_sample(record, image_folder)
+    if not path.is_file():
+        raise LangBridgeUsageError(f"{path} does not exist; give the LLaVA JSON file to train on (dataset: ...).")
+    if image_folder and not Path(image_folder).is_dir():
+        raise LangBridgeUsageError(f"The image folder {image_folder} does not exist; set image_folder to where the images are.")
 
-    return Dataset.from_generator(samples)
+    def samples(path=str(path), image_folder=str(image_folder) if image_folder else None):
+        for number, record in enumerate(iter_json_array(path)):
+            yield llava_record_to_sample(record, image_folder, where=f"{path}: record {number}")
+
+    try:
+        return Dataset.from_generator(samples)
+    except DatasetGenerationError as error:
+        cause = error.__cause__ or error.__context__
+        if isinstance(cause, ValueError):
+            raise LangBridgeUsageError(str(cause)) from error
+        raise
 
 
 def load_messages_dataset(name_or_path: str, split: str = "train", config_name: str | None = None) -> Dataset:
@@ -135,6 +162,8 @@ def fit_to_length(dataset: Dataset, processor, image_seq_length: int, max_length
             return {"verdict": "image_mismatch"}
         if mode == "plain":
             prompt, target = render_plain(messages, num_images)
+            if not target.strip():  # an empty caption: only LLaVA's closing newline would be learned
+                return {"verdict": "no_target"}
             ids = tokenizer(prompt + target)["input_ids"]
             prompt_length = len(tokenizer(prompt)["input_ids"])
             trainable = [0] * prompt_length + [1] * (len(ids) - prompt_length)
@@ -182,28 +211,25 @@ def _as_chat(messages: list[dict]) -> list[dict]:
 
 
 def open_image(ref) -> Image.Image:
-    """An image from a path or a `{"bytes", "path"}` dict, fully decoded so a corrupt file fails here."""
-    if isinstance(ref, dict):
-        source = io.BytesIO(ref["bytes"]) if ref.get("bytes") else ref.get("path")
-    else:
-        source = ref
-    image = Image.open(source)
-    image.load()
-    return image
+    """An image from a path or a `{"bytes", "path"}` dict, fully decoded and checked so a corrupt file fails here
+    (the processor's `open_image`, shared with the pipeline, `interpret` and `eval`)."""
+    return open_checked_image(ref)
 
 
 class ImageLoader:
     """The `with_transform` of a training dataset: opens a sample's images only when a batch needs it.
 
     A missing or unreadable image either raises (`skip_bad_images=False`) or is counted and its sample replaced
-    by the next one whose images read, so a long run is not lost to one bad file.
+    by the next one whose images read, so a long run is not lost to one bad file. The count is of samples: a bad
+    sample met again (another epoch, a replacement search, another dataloader worker) is skipped without being
+    read or counted again.
     """
 
     def __init__(self, dataset: Dataset, skip_bad_images: bool = True, report: DataReport | None = None):
         self.dataset = dataset  # the untransformed rows, to fetch replacements from
         self.skip_bad_images = skip_bad_images
         self.report = report or DataReport()
-        self._skipped = multiprocessing.Value("i", 0)  # shared with dataloader workers
+        self._bad = multiprocessing.Array("b", len(dataset))  # a flag per sample, shared with dataloader workers
 
     def __call__(self, batch: dict) -> dict:
         out = {"messages": [], "images": []}
@@ -215,25 +241,30 @@ class ImageLoader:
 
     def _readable(self, position: int) -> tuple[list, list]:
         for attempt in range(len(self.dataset)):
-            sample = self.dataset[(position + attempt) % len(self.dataset)]
+            row = (position + attempt) % len(self.dataset)
+            if self._bad[row]:
+                continue
+            sample = self.dataset[row]
             try:
                 return _as_chat(sample["messages"]), [open_image(ref) for ref in sample["images"]]
             except (OSError, ValueError, SyntaxError) as error:
                 where = _describe(sample["images"])
                 if not self.skip_bad_images:
-                    raise ValueError(
-                        f"Cannot read an image of sample {sample['row']} ({where}): {error}. Fix or remove it, or set "
+                    raise LangBridgeUsageError(
+                        f"Cannot read an image of sample {sample['row']} ({where}): {error} Fix or remove it, or set "
                         "skip_bad_images: true to skip such samples and count them."
                     ) from error
-                with self._skipped.get_lock():
-                    self._skipped.value += 1
-                if len(self.report.bad_image_examples) < 5:
+                with self._bad.get_lock():
+                    self._bad[row] = 1
+                if len(self.report.bad_image_examples) < 5 and where not in self.report.bad_image_examples:
                     self.report.bad_image_examples.append(where)
-        raise ValueError("No sample has readable images.")
+        raise LangBridgeUsageError(f"No sample has readable images ({self.skipped} samples tried); check image_folder.")
 
     @property
     def skipped(self) -> int:
-        return self._skipped.value
+        """How many samples had an image that could not be read (each counted once)."""
+        with self._bad.get_lock():
+            return bytes(self._bad.get_obj()).count(1)
 
 
 def with_lazy_images(dataset: Dataset, skip_bad_images: bool = True, report: DataReport | None = None) -> tuple[Dataset, ImageLoader]:

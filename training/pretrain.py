@@ -8,7 +8,6 @@ Saves the model folder (`output_dir`) and the projector alone as an adapter (`ou
 SFT on this LLM or `langbridge transfer` to another.
 """
 
-import shutil
 from pathlib import Path
 
 from trl import ModelConfig, SFTConfig, TrlParser
@@ -19,10 +18,15 @@ from .arguments import LangBridgeArguments
 from .collator import LangBridgeCollator
 from .data import prepare_training_data
 from .models import load_for_stage
+from .outputs import check_adapter_dir, check_output_dir, resume_argument, save_adapter
 from .trainer import LangBridgeTrainer
 
 
 def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args: ModelConfig, callbacks=None):
+    check_output_dir(model_args.model_name_or_path, training_args.output_dir)
+    check_adapter_dir(Path(training_args.output_dir) / "adapter")
+    resume = resume_argument(training_args.resume_from_checkpoint, training_args.output_dir)
+
     ################
     # Model: only the projector learns
     ################
@@ -53,7 +57,7 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
         image_loader=image_loader,
         callbacks=callbacks,
     )
-    trainer.train(resume_from_checkpoint=resume_argument(training_args.resume_from_checkpoint))
+    trainer.train(resume_from_checkpoint=resume)
     trainer.report_data()
 
     ################
@@ -62,17 +66,9 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
     trainer.save_model(training_args.output_dir)  # the processor too
     trainer.save_state()  # trainer_state.json: the step and log history, read by `langbridge alignment`
     if trainer.is_world_process_zero() and model.config.model_type == "langbridge":  # (the demo trains LLaVA too)
-        adapter_dir = Path(training_args.output_dir) / "adapter"
-        shutil.rmtree(adapter_dir, ignore_errors=True)
-        LangBridgeAdapter.from_model(trainer.model, processor.tokenizer).save_pretrained(adapter_dir)
+        adapter = LangBridgeAdapter.from_model(trainer.model, processor.tokenizer)
+        save_adapter(adapter, Path(training_args.output_dir) / "adapter")  # replaces only an adapter a run wrote
     return trainer
-
-
-def resume_argument(value):
-    """`resume_from_checkpoint: true` (or `latest`) in a YAML file means the newest checkpoint in output_dir."""
-    if isinstance(value, str) and value.lower() in ("true", "latest"):
-        return True
-    return value or None
 
 
 if __name__ == "__main__":

@@ -17,11 +17,14 @@ from .arguments import LangBridgeArguments
 from .collator import LangBridgeCollator
 from .data import prepare_training_data
 from .models import load_for_stage, lora_config, resolve_model
-from .pretrain import resume_argument
+from .outputs import check_output_dir, resume_argument
 from .trainer import LangBridgeTrainer
 
 
 def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args: ModelConfig, callbacks=None):
+    check_output_dir(model_args.model_name_or_path, training_args.output_dir)
+    resume = resume_argument(training_args.resume_from_checkpoint, training_args.output_dir)
+
     ################
     # Model: projector + LLM (full, LoRA or QLoRA); vision tower frozen unless asked
     ################
@@ -53,7 +56,7 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
         image_loader=image_loader,
         callbacks=callbacks,
     )
-    trainer.train(resume_from_checkpoint=resume_argument(training_args.resume_from_checkpoint))
+    trainer.train(resume_from_checkpoint=resume)
     trainer.report_data()
 
     ################
