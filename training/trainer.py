@@ -22,11 +22,66 @@ class LangBridgeTrainer(SFTTrainer):
         training_args.remove_unused_columns = False  # the collator needs the messages and images
         training_args.assistant_only_loss = False  # the collator decides what is learned, template or not
         super().__init__(*args, **kwargs)
-        # TRL casts the trainable parameters of a quantized model to bf16 (for LoRA, as QLoRA recommends); the
-        # projector and a trainable vision tower are trained in full and keep float32 so small updates survive.
+        self.keep_float32_master_weights()
+
+    def keep_float32_master_weights(self) -> None:
+        """Trainable parameters in float32, the frozen ones as loaded; the final save casts back to the load dtype.
+
+        A bf16 weight updated in place by AdamW at lr 2e-5 mostly does not change at all: the update is below half
+        a bf16 step for all but the smallest weights. So under `bf16`/`fp16` (autocast: the matmuls still run in
+        half precision) every trainable parameter (the LLM in full SFT, LoRA adapters, the projector, a trainable
+        vision tower) is upcast to a float32 master copy. The projector and a trainable vision tower are upcast in
+        any case (TRL casts the trainable parameters of a quantized model to bf16). DeepSpeed keeps its own float32
+        master copy of its bf16 weights, so nothing is upcast under it; FSDP2 (accelerate) upcasts the trainable
+        parameters itself, which this does first."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        self.load_dtype = getattr(unwrapped, "dtype", None)  # the dtype asked for (`dtype` in the recipe)
+        self.saved_dtypes = {name: tensor.dtype for name, tensor in self.model.state_dict().items() if tensor.is_floating_point()}
+        if self.is_deepspeed_enabled:
+            return
+        mixed_precision = self.args.bf16 or self.args.fp16
         for name, parameter in self.model.named_parameters():
-            if parameter.requires_grad and ("multi_modal_projector" in name or "vision_tower" in name):
+            if parameter.requires_grad and parameter.is_floating_point() and parameter.dtype != torch.float32 and (
+                    mixed_precision or "multi_modal_projector" in name or "vision_tower" in name):
                 parameter.data = parameter.data.float()
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Checkpoints (`_internal_call`) keep the float32 master weights, so a resumed run equals an uninterrupted
+        one; the final save has the dtype the model was loaded with."""
+        self._final_save = not _internal_call
+        try:
+            super().save_model(output_dir, _internal_call=_internal_call)
+        finally:
+            self._final_save = False
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not getattr(self, "_final_save", False):
+            return super()._save(output_dir, state_dict=state_dict)
+        if state_dict is None and any(self.saved_dtypes.get(name, tensor.dtype) != tensor.dtype
+                                      for name, tensor in self.model.named_parameters()):
+            state_dict = self.model.state_dict()
+        if state_dict:
+            state_dict = self.in_saved_dtypes(state_dict)
+        super()._save(output_dir, state_dict=state_dict)
+        model = self.accelerator.unwrap_model(self.model)
+        if self.args.should_save and self.load_dtype is not None and hasattr(model, "config") and not hasattr(model, "peft_config"):
+            # save_pretrained names the dtype of the first parameter, a float32 master weight if it is trainable
+            model.config.dtype = self.load_dtype
+            model.config.save_pretrained(output_dir or self.args.output_dir)
+
+    def in_saved_dtypes(self, state_dict: dict) -> dict:
+        """The state dict with each floating tensor in the dtype it was loaded with (tied tensors stay tied)."""
+        cast, done = {}, {}
+        for name, tensor in state_dict.items():
+            dtype = self.saved_dtypes.get(name)
+            if dtype is None or tensor.dtype == dtype or not tensor.is_floating_point():
+                cast[name] = tensor
+                continue
+            key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), dtype)
+            if key not in done:
+                done[key] = tensor.to(dtype)
+            cast[name] = done[key]
+        return cast
 
     def create_optimizer(self, model=None):
         """AdamW (or the configured optimizer) with the projector and the vision tower at their own rates."""
