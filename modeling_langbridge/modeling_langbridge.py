@@ -297,6 +297,8 @@ class LangBridgeModel(LangBridgePreTrainedModel):
 
         `generate` reads this signature and calls it once before the first step, so `pixel_values` stays named.
         """
+        if pixel_values.shape[0] == 0:  # text only: the processor's 0-row pixel_values (so pipeline batches can mix)
+            return BaseModelOutputWithPooling(last_hidden_state=pixel_values, pooler_output=[])
         features = self.get_vision_features(pixel_values, vision_feature_layer, vision_feature_select_strategy, **kwargs)
         visual_tokens = self.multi_modal_projector(features, self.get_input_embeddings())
         return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=list(visual_tokens))
