@@ -7,6 +7,69 @@ import sys
 import tempfile
 from pathlib import Path
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line: `langbridge CMD: error: ...`, exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; give a whole number of at least 1")
+    return value
+
+
+def share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not a share; give a number from 0 to 1, such as 0.8")
+    return value
+
+
+# Path arguments that must exist when given, per command: (attribute, what it is).
+EXISTING = {
+    "compose": [("config", "hub config JSON"), ("vocab", "shared-vocabulary file")],
+    "transfer": [("adapter", "adapter folder")],
+    "export-adapter": [("model", "model folder")],
+    "vocab build": [("corpus", "corpus file")],
+    "vocab inspect": [("vocab", "shared-vocabulary file")],
+    "convert-official": [("projector", "projector file"), ("checkpoint", "checkpoint folder"), ("vocab", "vocabulary file"),
+                         ("vocab_matrix", "embedding matrix file")],
+    "train": [("config", "recipe YAML")],
+    "interpret": [("image", "image file"), ("model", "model folder")],
+    "eval": [("model", "model folder"), ("data", "questions file"), ("image_folder", "image folder")],
+    "alignment": [("checkpoints", "checkpoint folder"), ("images", "image file or folder"), ("captions", "captions file")],
+}
+# Arguments that are a local path or a Hub id.
+SOURCES = {"compose": ["vision_model", "language_model"], "transfer": ["language_model", "vision_model"],
+           "vocab build": ["tokenizer"], "vocab inspect": ["tokenizer"], "convert-official": ["vision_model"]}
+
+
+def check_paths(command: str, args) -> None:
+    """Refuse a missing path as missing, before any work and before transformers reads it as a Hub id."""
+    from .files import require_source
+
+    for name, what in EXISTING.get(command, []):
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and not Path(value).expanduser().exists():
+                flag = name if name in ("image",) else "--" + name.replace("_", "-")
+                raise FileNotFoundError(f"{value} does not exist ({flag}); give an existing {what}.")
+    for name in SOURCES.get(command, []):
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None:
+                require_source(value, name.replace("_", " "))
+
+
 COMPOSE_DEFAULTS = {"projector_hidden_size": 5120, "vocab_size": 19200, "coefficients": "none", "vision_feature_layer": -2}
 
 
@@ -14,7 +77,10 @@ def compose_settings(args) -> dict:
     """Flags first, then a hub config (`--config hub_configs/....json`), then the paper's defaults."""
     from_config = {}
     if args.config:
-        config = json.loads(Path(args.config).read_text())
+        try:
+            config = json.loads(Path(args.config).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{args.config} is not valid JSON ({error}); give a hub_configs/*.json file.") from None
         from_config = {
             "vision_model": config.get("vision_model_name_or_path"),
             "language_model": config.get("language_model_name_or_path"),
@@ -86,15 +152,20 @@ def vocab_build_command(args) -> int:
     from .corpus import iter_corpus, iter_dataset_column
     from .vocab import SharedVocabulary
 
+    from .files import refuse_overwrite
+
     if bool(args.corpus) == bool(args.dataset):
         raise ValueError("Give the corpus as --corpus FILE... or as --dataset NAME --column COLUMN (one of the two).")
+    if len(args.tokenizer) < 2:
+        raise ValueError("A shared vocabulary needs two or more tokenizers; repeat --tokenizer.")
+    refuse_overwrite(args.out, args.overwrite)  # before counting, not after
     if args.dataset:
         texts, corpus_name = iter_dataset_column(args.dataset, args.column, args.split), f"{args.dataset}:{args.column}"
     else:
         texts, corpus_name = iter_corpus(args.corpus, args.text_field), ", ".join(Path(p).name for p in args.corpus)
     tokenizers = [AutoTokenizer.from_pretrained(name) for name in args.tokenizer]
     vocabulary = SharedVocabulary.build(tokenizers, texts, args.size, corpus_name=corpus_name)
-    vocabulary.save(args.out)
+    vocabulary.save(args.out, overwrite=args.overwrite)
     print(f"Saved {len(vocabulary)} shared tokens to {args.out} (from {vocabulary.source['corpus_texts']} texts)")
     print("Most frequent: " + ", ".join(f"{t!r} ({n})" for t, n in zip(vocabulary.tokens[:12], vocabulary.counts[:12])))
     return 0
@@ -162,20 +233,36 @@ def demo_command(args) -> int:
 
 
 def load_for_analysis(model_dir):
-    """A model folder (ours through the registered Auto classes, or any LLaVA-style VLM) in eval mode."""
+    """A model folder (ours through the registered Auto classes, or any LLaVA-style VLM) in eval mode; weights that
+    are damaged, or pickles holding more than tensors, are refused with the folder's name."""
+    import pickle
+
+    from safetensors import SafetensorError
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    from .errors import damaged_safetensors_error, pickled_weights_error
+    from .files import checkpoint_files
+
+    if not (Path(model_dir) / "config.json").exists():
+        raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json); give the folder a model was saved to.")
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    except SafetensorError as error:
+        raise damaged_safetensors_error(", ".join(map(str, checkpoint_files(Path(model_dir)))), error) from None
+    except pickle.UnpicklingError:
+        raise pickled_weights_error(", ".join(map(str, checkpoint_files(Path(model_dir))))) from None
     return model, AutoProcessor.from_pretrained(model_dir)
 
 
 def open_image(path: Path):
-    from PIL import Image, UnidentifiedImageError
+    """The image, fully decoded and checked (the processor's `open_image`, shared with training and eval)."""
+    from .processing_langbridge import open_image as open_checked_image
 
-    try:
-        return Image.open(path).convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise ValueError(f"cannot read the image {path} ({error}); give a PNG or JPEG file") from error
+    return open_checked_image(path)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
 def interpret_command(args) -> int:
@@ -183,8 +270,13 @@ def interpret_command(args) -> int:
     from .evaluation import answer_one
     from .interpret import draw_overlay, read_patches
 
-    model, processor = load_for_analysis(args.model)
+    for flag, out in (("--out", args.out), ("--json", args.json)):
+        if out is not None and same_file(out, args.image):
+            raise ValueError(f"{flag} {out} is the input image; writing it would destroy the image. Give another file name.")
+    if args.json is not None and same_file(args.out, args.json):
+        raise ValueError(f"--out and --json are the same file {args.out}; give each its own name.")
     image = open_image(args.image)
+    model, processor = load_for_analysis(args.model)
     method = args.method or ("coefficients" if model.config.model_type == "langbridge" else "nearest")
     if method == "coefficients":
         reading = read_patches(model, processor, image, top_k=args.top_k)
@@ -203,12 +295,17 @@ def interpret_command(args) -> int:
 def eval_command(args) -> int:
     from .evaluation import evaluate, read_questions
 
-    model, processor = load_for_analysis(args.model)
+    from .evaluation import output_paths
+    from .files import refuse_overwrite
+
+    out = args.out or args.data.with_suffix("")
+    for path in output_paths(out):  # before answering anything
+        refuse_overwrite(path, args.overwrite)
     records = read_questions(args.data)
+    model, processor = load_for_analysis(args.model)
     result = evaluate(model, processor, records, args.image_folder or args.data.parent, batch_size=args.batch_size,
                       max_new_tokens=args.max_new_tokens, instruction=args.instruction)
-    out = args.out or args.data.with_suffix("")
-    paths = result.save(out)
+    paths = result.save(out, overwrite=args.overwrite)
     print(result.table())
     print("Wrote " + ", ".join(str(p) for p in paths))
     return 0
@@ -270,14 +367,14 @@ def quickstart_command(args) -> int:
 
 
 def add_transfer_safety(parser) -> None:
-    parser.add_argument("--min-coverage", type=float, default=0.8,
+    parser.add_argument("--min-coverage", type=share, default=0.8,
                         help="least share of the vocabulary the LLM must have exactly (default 0.8)")
     parser.add_argument("--force", action="store_true", help="proceed below --min-coverage")
     parser.add_argument("--dtype", default="auto", help="auto (the LLM's), float32, bfloat16, float16")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="langbridge", description="LangBridge vision-language adapters for transformers.")
+    parser = Parser(prog="langbridge", description="LangBridge vision-language adapters for transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("compose", help="assemble an untrained LangBridge VLM from a vision model and an LLM")
@@ -285,9 +382,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--language-model", help="path or Hub id of a causal LM")
     p.add_argument("--config", type=Path, help="a hub_configs/*.json naming both models and the projector settings")
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--projector-hidden-size", type=int, help="H (default 5120)")
+    p.add_argument("--projector-hidden-size", type=positive_int, help="H (default 5120)")
     vocab = p.add_mutually_exclusive_group()
-    vocab.add_argument("--vocab-size", type=int, help="T ordinary tokens of the LLM's tokenizer (default 19200)")
+    vocab.add_argument("--vocab-size", type=positive_int, help="T ordinary tokens of the LLM's tokenizer (default 19200)")
     vocab.add_argument("--vocab", type=Path, help="a shared-vocabulary JSON (langbridge vocab build)")
     p.add_argument("--coefficients", choices=["none", "softmax"], help="coefficient activation (default none)")
     p.add_argument("--vision-feature-layer", type=int, help="default -2")
@@ -316,8 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", help="a datasets name or path, streamed")
     p.add_argument("--column", default="text")
     p.add_argument("--split", default="train")
-    p.add_argument("--size", type=int, required=True, help="T, the number of tokens to keep")
+    p.add_argument("--size", type=positive_int, required=True, help="T, the number of tokens to keep")
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=vocab_build_command)
     p = vocab_commands.add_parser("inspect", help="show a vocabulary and its coverage on tokenizers")
     p.add_argument("vocab", type=Path)
@@ -353,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("interpret", help="the vocabulary tokens each image patch is made of, drawn on the image")
     p.add_argument("image", type=Path)
     p.add_argument("--model", required=True, type=Path, help="a model folder (LangBridge, or LLaVA-style for --method nearest)")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--top-k", type=positive_int, default=3)
     p.add_argument("--prompt", help="also ask the model this about the image; the answer goes in the title and JSON")
     p.add_argument("--method", choices=["coefficients", "nearest"],
                    help="coefficients: exact, LangBridge only (default for it); nearest: cosine similarity to the "
@@ -366,10 +464,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--data", required=True, type=Path, help='JSONL: {"image", "question", "answers", "kind"?} per line')
     p.add_argument("--image-folder", type=Path, help="where relative image paths point (default: beside --data)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--max-new-tokens", type=positive_int, default=16)
     p.add_argument("--instruction", help='appended to each question, e.g. "Answer the question using a single word or phrase."')
     p.add_argument("--out", type=Path, help="prefix for predictions.jsonl / scores.json (default: beside --data)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing predictions and scores files")
     p.set_defaults(run=eval_command)
 
     p = commands.add_parser("alignment", help="how visual tokens approach the word embeddings over training checkpoints")
@@ -377,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model folders in training order, or a training output folder with checkpoint-N folders")
     p.add_argument("--images", required=True, nargs="+", type=Path, help="image files or folders")
     p.add_argument("--captions", type=Path, help="captions per image: LLaVA JSON (image + conversations) or {image: caption}")
-    p.add_argument("--max-images", type=int, default=32)
+    p.add_argument("--max-images", type=positive_int, default=32)
     p.add_argument("--out", required=True, type=Path, help="plot PNG (the figures go beside it as .json)")
     p.set_defaults(run=alignment_command)
 
@@ -394,10 +493,17 @@ def main(argv: list[str] | None = None) -> int:
     if unknown and args.command != "train":
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.overrides = unknown
+    command = args.command + (f" {args.vocab_command}" if args.command == "vocab" else "")
     try:
+        check_paths(command, args)
         return args.run(args)
-    except (ValueError, OSError) as error:
-        print(f"langbridge {args.command}: error: {error}", file=sys.stderr)
+    except Exception as error:  # a user's mistake is one line and status 2; anything else is a bug: traceback
+        from .errors import user_error_message
+
+        message = user_error_message(error)
+        if message is None:
+            raise
+        print(f"langbridge {command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -14,10 +14,10 @@ from transformers.utils import logging as transformers_logging
 
 from .chat_templates import ChatFormat, chat_format_for
 from .configuration_langbridge import LangBridgeConfig
-from .files import atomic_folder
+from .files import atomic_folder, require_source
 from .modeling_langbridge import LangBridgeForConditionalGeneration, LangBridgeProjector, hub_kernels_wanted
 from .processing_langbridge import LangBridgeProcessor
-from .vocab import SharedVocabulary, VocabularyMapping
+from .vocab import SharedVocabulary, VocabularyMapping, check_size
 
 IMAGE_TOKEN = "<image>"
 DEFAULT_MIN_COVERAGE = 0.8
@@ -137,6 +137,10 @@ def compose(
     Everything that can be checked from configs and the tokenizer is checked before any weights load.
     `use_kernels`: transformers' Hub kernels for both parts (default: only when the Hub may be reached).
     """
+    require_source(vision_model, "vision model")
+    require_source(language_model, "language model")
+    check_size(vocab_size, "shared vocabulary size (vocab_size)")
+    check_size(projector_hidden_size, "projector hidden size")
     tokenizer = AutoTokenizer.from_pretrained(language_model)
     chat, notes = prepare_tokenizer(tokenizer)
     check_vision_features(vision_config_of(vision_model), vision_feature_layer, expected_vision_feature_size, vision_model)

@@ -56,7 +56,7 @@ def open_image(source, name: str | None = None):
         name = name or path or "<image bytes>"
     if isinstance(source, (bytes, bytearray)):
         source, name = io.BytesIO(source), name or "<image bytes>"
-    name = name or str(source)
+    name = name or getattr(source, "filename", None) or (str(source) if not isinstance(source, Image.Image) else "an image")
     try:
         if isinstance(source, Image.Image):
             filename = getattr(source, "filename", None)

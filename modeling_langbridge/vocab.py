@@ -392,7 +392,7 @@ def _read_json(path: Path, what: str):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path} is not {what}: {error}") from error
+        raise LangBridgeUsageError(f"{path} is not {what} ({error}); give a UTF-8 JSON file of that kind.") from None
 
 
 def _batches(texts: Iterable[str], size: int):

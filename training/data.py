@@ -17,6 +17,7 @@ from PIL import Image
 
 from modeling_langbridge.corpus import iter_json_array
 from modeling_langbridge.errors import LangBridgeUsageError
+from modeling_langbridge.files import require_source
 from modeling_langbridge.processing_langbridge import open_image as open_checked_image
 
 IMAGE = "<image>"
@@ -102,6 +103,7 @@ def load_training_data(dataset: str, image_folder: str | None = None, split: str
     """LLaVA JSON when `dataset` is a .json file, otherwise a `datasets` name or folder."""
     if str(dataset).endswith(".json"):
         return load_llava_json(dataset, image_folder)
+    require_source(dataset, "dataset")
     return load_messages_dataset(dataset, split=split, config_name=config_name)
 
 

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 from modeling_langbridge.errors import LangBridgeUsageError
-from modeling_langbridge.files import scratch_path
+from modeling_langbridge.files import require_source, scratch_path
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -16,6 +16,7 @@ WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "model.safeten
 
 def check_output_dir(model_name_or_path: str, output_dir: str) -> None:
     """Refuse an output_dir that is the model being trained, or holds it: saving would overwrite its weights."""
+    require_source(model_name_or_path, "model (model_name_or_path)")
     model, out = Path(model_name_or_path).expanduser(), Path(output_dir).expanduser()
     if not model.exists():
         return
