@@ -71,7 +71,7 @@ def test_lora_in_bf16_moves_every_adapter_weight(variant, world_model_dir, world
     config = write_config(tmp_path / "sft.yaml", model_name_or_path=str(world_model_dir), dataset=str(world["qa"]),
                           image_folder=str(world["images"]), output_dir=str(out), max_steps=3,
                           per_device_train_batch_size=4, learning_rate=2e-5, dtype="bfloat16", bf16=True,
-                          use_peft=True, lora_r=8, lora_alpha=16, lora_dropout=0.0, merge_lora=False,
+                          use_peft=True, lora_r=8, lora_alpha=16, lora_dropout=0.0, merge_lora=variant == "lora",
                           load_in_4bit=variant == "qlora")
     captured = {}
 
@@ -91,6 +91,9 @@ def test_lora_in_bf16_moves_every_adapter_weight(variant, world_model_dir, world
     assert {d for n, d in dtypes.items() if "multi_modal_projector" in n and d.is_floating_point} == {torch.bfloat16}
     lora = {torch.float32} if variant == "lora" else {torch.bfloat16}
     assert {d for n, d in dtypes.items() if "lora_" in n} == lora, dtypes
+    if variant == "lora":  # merged in float32, saved in the dtype asked for
+        assert {d for d in saved_dtypes(out / "merged").values() if d.is_floating_point} == {torch.bfloat16}
+        assert AutoModelForImageTextToText.from_pretrained(out / "merged").dtype == torch.bfloat16
 
 
 def test_a_killed_bf16_run_resumes_to_the_same_master_weights(world_model_dir, world, tmp_path):

@@ -67,18 +67,22 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
     if model_args.use_peft and script_args.merge_lora and trainer.is_world_process_zero():
         save_merged(
             resolve_model(model_args.model_name_or_path, training_args.output_dir, script_args.use_kernels),
-            training_args.output_dir, processor, use_kernels=script_args.use_kernels,
+            training_args.output_dir, processor, use_kernels=script_args.use_kernels, dtype=model_args.dtype,
         )
     return trainer
 
 
-def save_merged(base_path: str, adapter_dir: str, processor, use_kernels: bool | None = None) -> str:
-    """The LoRA merged into a full-precision copy of the base model (a QLoRA base is re-read unquantized)."""
+def save_merged(base_path: str, adapter_dir: str, processor, use_kernels: bool | None = None,
+                dtype: str | None = None) -> str:
+    """The LoRA merged into a full-precision copy of the base model (a QLoRA base is re-read unquantized), saved in
+    the dtype the recipe loads the model with (`dtype`; float32 when unset or `auto`)."""
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
     base = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch.float32, use_kernels=use_kernels)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    if dtype not in (None, "auto"):
+        merged = merged.to(getattr(torch, dtype))
     out = f"{adapter_dir}/merged"
     merged.save_pretrained(out)
     processor.save_pretrained(out)
