@@ -220,7 +220,8 @@ def train_command(args) -> int:
     from training.arguments import LangBridgeArguments
 
     recipe = importlib.import_module(f"training.{args.stage}")
-    parser = TrlParser((LangBridgeArguments, SFTConfig, ModelConfig))
+    parser = TrlParser((LangBridgeArguments, SFTConfig, ModelConfig), prog="langbridge train")
+    parser.error = lambda message: Parser.error(parser, message)  # one line, not the usage of every setting
     recipe.main(*parser.parse_args_and_config(["--config", str(args.config), *args.overrides]))
     return 0
 

@@ -500,6 +500,7 @@ def cli_cases(parts, qwen_clip_dir, images, tmp_path):
         ("train", ["pretrain", "--config", missing]),
         ("train", ["pretrain", "--config", recipe]),
         ("train", ["sft", "--config", into_model]),
+        ("train", ["sft", "--config", recipe, "--max_steps", "many"]),
         ("demo", ["--seed", "one"]),
         ("interpret", [images / "damaged.png", "--model", qwen_clip_dir, "--out", tmp_path / "o.png"]),
         ("interpret", [images / "ok.png", "--model", torn, "--out", tmp_path / "o.png"]),

@@ -65,8 +65,6 @@ def load_llava_json(path: str | Path, image_folder: str | Path | None = None) ->
 
     if not path.is_file():
         raise LangBridgeUsageError(f"{path} does not exist; give the LLaVA JSON file to train on (dataset: ...).")
-    if image_folder and not Path(image_folder).is_dir():
-        raise LangBridgeUsageError(f"The image folder {image_folder} does not exist; set image_folder to where the images are.")
 
     def samples(path=str(path), image_folder=str(image_folder) if image_folder else None):
         for number, record in enumerate(iter_json_array(path)):
