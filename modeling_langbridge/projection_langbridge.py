@@ -6,9 +6,11 @@ embeddings of the shared vocabulary [T, D]:
 - no activation (the official numerics): `(h W^T + b) E = h (W^T E) + b E`. The [H, D] matrix `W^T E` is formed
   once per call (per step in training, once at inference: see `FoldedCache`), so a token costs H*D instead of
   H*T + T*D and no [N, T] tensor exists. `FoldedMatrices` carries the gradients on to W, b and E.
-- softmax: attention with fixed keys `W` (bias `b`) and values `E`. `SoftmaxCombination` runs over chunks of
-  tokens sized from a memory budget and keeps the output and each token's log-sum-exp (on CUDA also the
-  coefficients in the compute dtype, when they fit the budget, which spares backward a recomputation).
+- softmax: attention with fixed keys `W` (bias `b`) and values `E`, over chunks of tokens sized from a memory
+  budget. On CUDA, while they fit the budget, the coefficients are kept for backward in the compute dtype (half
+  the bytes of the float32 copy plus the low-precision copy the literal product keeps under autocast), through
+  PyTorch's fused softmax kernels: no recomputation of the [N x H x T] product. Elsewhere `SoftmaxCombination`
+  keeps only the output and each token's log-sum-exp, and backward recomputes a chunk's coefficients.
 
 Precision policy (`combination_dtype`): the large products run in the compute dtype of the step, with float32
 accumulation, as every other layer of the step does: under mixed precision (autocast, what `bf16: true` in a
@@ -25,11 +27,13 @@ import torch
 
 # Working memory the softmax path may hold at once ([chunk x T] tensors). A GPU step has room for far larger
 # chunks than a CPU one, and larger chunks keep its matrix units busy.
-SOFTMAX_MEMORY_BUDGET = {"cuda": 2 * 2**30}
+SOFTMAX_MEMORY_BUDGET = {"cuda": 4 * 2**30}
 DEFAULT_SOFTMAX_MEMORY_BUDGET = 256 * 2**20
-# Bytes of the [chunk x T] tensors alive at once per token row: low-precision logits, float32 exponentials and
-# gradients, the low-precision coefficients.
+# Bytes per [chunk x T] entry alive at once. Recomputing: low-precision logits, float32 exponentials and
+# gradients, the low-precision coefficients. Keeping (low precision throughout): logits, coefficients, their
+# gradients in backward.
 SOFTMAX_BYTES_PER_ENTRY = 12
+KEPT_SOFTMAX_BYTES_PER_ENTRY = 8
 
 
 def autocast_off(tensor: torch.Tensor):
@@ -75,9 +79,10 @@ def softmax_memory_budget(device: torch.device) -> int:
     return SOFTMAX_MEMORY_BUDGET.get(device.type, DEFAULT_SOFTMAX_MEMORY_BUDGET)
 
 
-def softmax_chunk_tokens(vocab_size: int, device: torch.device) -> int:
+def softmax_chunk_tokens(vocab_size: int, device: torch.device, keep: bool = False) -> int:
     """Tokens per chunk of the softmax path: as many as the device's memory budget holds."""
-    return max(1, softmax_memory_budget(device) // (vocab_size * SOFTMAX_BYTES_PER_ENTRY))
+    per_entry = KEPT_SOFTMAX_BYTES_PER_ENTRY if keep else SOFTMAX_BYTES_PER_ENTRY
+    return max(1, softmax_memory_budget(device) // (vocab_size * per_entry))
 
 
 def keeps_coefficients(tokens: int, vocab_size: int, dtype: torch.dtype, device: torch.device) -> bool:
@@ -145,13 +150,13 @@ def linear_combination(hidden: torch.Tensor, mixed: torch.Tensor, shift: torch.T
 
 
 class SoftmaxCombination(torch.autograd.Function):
-    """`softmax(h W^T + b) @ E` in chunks of tokens. Products in the inputs' dtype, softmax statistics in float32;
-    backward recomputes a chunk's coefficients unless `keep` saved them (in the inputs' dtype)."""
+    """`softmax(h W^T + b) @ E` in chunks of tokens, keeping only the output and each token's log-sum-exp; backward
+    recomputes a chunk's coefficients. Products in the inputs' dtype, softmax statistics in float32."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, embeddings, chunk, keep):
+    def forward(ctx, hidden, weight, bias, embeddings, chunk):
         with autocast_off(hidden):
-            return SoftmaxCombination.chunked_forward(ctx, hidden, weight, bias, embeddings, chunk, keep)
+            return SoftmaxCombination.chunked_forward(ctx, hidden, weight, bias, embeddings, chunk)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -159,33 +164,27 @@ class SoftmaxCombination(torch.autograd.Function):
             return SoftmaxCombination.chunked_backward(ctx, grad_out)
 
     @staticmethod
-    def chunked_forward(ctx, hidden, weight, bias, embeddings, chunk, keep):
+    def chunked_forward(ctx, hidden, weight, bias, embeddings, chunk):
         tokens = hidden.shape[0]
         stats = statistics_dtype(hidden.dtype)
         out = hidden.new_empty(tokens, embeddings.shape[1])
         log_sum_exp = hidden.new_empty(tokens, dtype=stats)
-        kept = hidden.new_empty(tokens, weight.shape[0]) if keep else None
         for start in range(0, tokens, chunk):
             rows = slice(start, start + chunk)
             logits = torch.addmm(bias, hidden[rows], weight.T).to(stats)
             top = logits.amax(dim=-1, keepdim=True)
             unnormalised = logits.sub_(top).exp_()  # one pass of exp; the division waits for the [n, D] product
             total = unnormalised.sum(dim=-1, keepdim=True)
-            if keep:
-                torch.div(unnormalised, total, out=kept[rows])
-                torch.mm(kept[rows], embeddings, out=out[rows])
-            else:
-                product = torch.mm(unnormalised.to(hidden.dtype), embeddings)
-                out[rows] = product.to(stats).div_(total)
+            product = torch.mm(unnormalised.to(hidden.dtype), embeddings)
+            out[rows] = product.to(stats).div_(total)
             log_sum_exp[rows] = (top + total.log()).squeeze(-1)
-        ctx.save_for_backward(hidden, weight, bias, embeddings, out, log_sum_exp, *([kept] if keep else []))
+        ctx.save_for_backward(hidden, weight, bias, embeddings, out, log_sum_exp)
         ctx.chunk = chunk
         return out
 
     @staticmethod
     def chunked_backward(ctx, grad_out):
-        hidden, weight, bias, embeddings, out, log_sum_exp, *kept = ctx.saved_tensors
-        kept = kept[0] if kept else None
+        hidden, weight, bias, embeddings, out, log_sum_exp = ctx.saved_tensors
         needs_hidden, needs_weight, needs_bias, needs_embeddings = ctx.needs_input_grad[:4]
         dtype = hidden.dtype
         grad_out = grad_out.to(dtype).contiguous()
@@ -199,10 +198,7 @@ class SoftmaxCombination(torch.autograd.Function):
         for start in range(0, hidden.shape[0], ctx.chunk):
             rows = slice(start, start + ctx.chunk)
             h, g = hidden[rows], grad_out[rows]
-            if kept is not None:
-                p = kept[rows]
-            else:
-                p = torch.addmm(bias, h, weight.T).to(accumulate).sub_(log_sum_exp[rows, None]).exp_()
+            p = torch.addmm(bias, h, weight.T).to(accumulate).sub_(log_sum_exp[rows, None]).exp_()
             if needs_embeddings:
                 grad_embeddings += torch.mm(p.T.to(dtype), g)
             if not (needs_hidden or needs_weight or needs_bias):
@@ -215,19 +211,33 @@ class SoftmaxCombination(torch.autograd.Function):
             if needs_bias:
                 grad_bias += grad_logits.to(accumulate).sum(dim=0)
         cast = lambda grad, like: None if grad is None else grad.to(like.dtype)  # noqa: E731
-        return grad_hidden, cast(grad_weight, weight), cast(grad_bias, bias), cast(grad_embeddings, embeddings), None, None
+        return grad_hidden, cast(grad_weight, weight), cast(grad_bias, bias), cast(grad_embeddings, embeddings), None
+
+
+def kept_softmax_combination(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, embeddings: torch.Tensor,
+                             chunk: int) -> torch.Tensor:
+    """`softmax(h W^T + b) @ E` through PyTorch's fused kernels in the inputs' dtype (softmax and its backward
+    accumulate in float32 internally), chunk by chunk: autograd keeps each chunk's coefficients, once."""
+    outputs = [torch.softmax(torch.addmm(bias, hidden[start:start + chunk], weight.T), dim=-1) @ embeddings
+               for start in range(0, hidden.shape[0], chunk)]
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
 def softmax_combination(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, embeddings: torch.Tensor,
                         chunk: int | None = None, keep: bool | None = None) -> torch.Tensor:
-    """`softmax(h W^T + b) @ E` for any leading shape of h, in the inputs' dtype, without [N x T] tensors unless
-    `keep` (default: `keeps_coefficients`). `chunk` defaults to what the device's memory budget holds."""
+    """`softmax(h W^T + b) @ E` for any leading shape of h, in the inputs' dtype, keeping the coefficients for
+    backward when `keep` (default: `keeps_coefficients`) and otherwise no [N x T] tensor. `chunk` defaults to what
+    the device's memory budget holds."""
     flat = hidden.reshape(-1, hidden.shape[-1]).contiguous()
     vocab_size = weight.shape[0]
-    chunk = chunk or softmax_chunk_tokens(vocab_size, flat.device)
     if keep is None:
         keep = torch.is_grad_enabled() and keeps_coefficients(flat.shape[0], vocab_size, flat.dtype, flat.device)
-    out = SoftmaxCombination.apply(flat, weight, bias, embeddings, chunk, keep)
+    chunk = chunk or softmax_chunk_tokens(vocab_size, flat.device, keep)
+    with autocast_off(flat):
+        if keep:
+            out = kept_softmax_combination(flat, weight, bias, embeddings, chunk)
+        else:
+            out = SoftmaxCombination.apply(flat, weight, bias, embeddings, chunk)
     return out.reshape(*hidden.shape[:-1], embeddings.shape[-1])
 
 

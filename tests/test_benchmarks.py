@@ -1,5 +1,9 @@
 """The benchmarks' measuring machinery on a small case: fresh processes, alternated timing, the gradient count."""
 
+import json
+
+import pytest
+
 from benchmarks.measure import compare
 from benchmarks.projection import D, T
 
@@ -17,3 +21,20 @@ def test_compare_measures_each_side_and_counts_the_gradients_both_return():
         assert result["seconds"] == sorted(result["times"])[1]
         assert abs(result["gradients_mb"] - gradient_mb) < 1e-9
         assert result["peak_mb"] > 0.9 * gradient_mb  # the step's peak holds at least the gradients it returns
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_runs_at_toy_sizes_and_writes_every_ratio(tmp_path):
+    """`benchmarks.gpu` at `--small` sizes (what it falls back to without CUDA): every section runs in one process
+    and the results file holds the ratios the closing notes quote."""
+    from benchmarks.gpu import TRAINING_SIDES, main
+
+    results = main(["--small", "--steps", "1", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "gpu_results.json").read_text())
+    assert saved["device"] == results["device"] and saved["sizes"]["batch"] == 2
+    assert len(saved["projection"]) == 8 and all(row["time_ratio"] > 0 for row in saved["projection"])
+    for stage in ("sft", "stage1"):
+        assert set(saved["training"][stage]) == {f"{kind}/{loss}" for kind, loss in TRAINING_SIDES}
+        assert saved["training"][stage]["llava/model"]["time_ratio"] == 1.0
+    assert [row["batch"] for row in saved["generation"]] == [1, 2]
+    assert all(row["speed_ratio"] > 0 for row in saved["generation"])
