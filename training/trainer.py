@@ -2,6 +2,7 @@
 QLoRA, and the data report at the end."""
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -55,8 +56,12 @@ class LangBridgeTrainer(SFTTrainer):
             self._final_save = False
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        if not getattr(self, "_final_save", False):
-            return super()._save(output_dir, state_dict=state_dict)
+        with saved_as_its_own_class(self.accelerator.unwrap_model(self.model)):
+            if not getattr(self, "_final_save", False):
+                return super()._save(output_dir, state_dict=state_dict)
+            self._save_in_load_dtypes(output_dir, state_dict)
+
+    def _save_in_load_dtypes(self, output_dir: str | None, state_dict: dict | None) -> None:
         if state_dict is None and any(self.saved_dtypes.get(name, tensor.dtype) != tensor.dtype
                                       for name, tensor in self.model.named_parameters()):
             state_dict = self.model.state_dict()
@@ -118,3 +123,23 @@ class LangBridgeTrainer(SFTTrainer):
             Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
             (Path(self.args.output_dir) / "data_report.json").write_text(json.dumps(self.data_report.to_dict(), indent=2))
         return summary
+
+
+@contextmanager
+def saved_as_its_own_class(model):
+    """FSDP2 turns a model's class into a subclass `FSDP<name>` defined in torch; transformers then writes torch's
+    FSDP sources into the folder in place of the model's code and points `auto_map` at them, and the folder no longer
+    loads with `trust_remote_code`. Save it as its own class (the sharded parameters and hooks are untouched)."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        FSDPModule = ()
+    if not FSDPModule or not isinstance(model, FSDPModule):
+        yield
+        return
+    fsdp_class = type(model)
+    model.__class__ = next(base for base in fsdp_class.__bases__ if base is not FSDPModule)
+    try:
+        yield
+    finally:
+        model.__class__ = fsdp_class
