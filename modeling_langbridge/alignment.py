@@ -142,9 +142,11 @@ def alignment_curve(checkpoints: list[str | Path], images: list[Image.Image], ca
     """`measure` at each checkpoint (model folders loadable with AutoModelForImageTextToText)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
+    from .modeling_langbridge import hub_kernels_wanted
+
     points = []
     for checkpoint in tqdm(checkpoints, desc="Checkpoints", disable=not progress):
-        model = AutoModelForImageTextToText.from_pretrained(checkpoint).eval()
+        model = AutoModelForImageTextToText.from_pretrained(checkpoint, use_kernels=hub_kernels_wanted()).eval()
         processor = AutoProcessor.from_pretrained(checkpoint)
         points.append(measure(model, processor, images, captions, str(checkpoint), checkpoint_step(Path(checkpoint))))
     return points

@@ -243,11 +243,12 @@ def load_for_analysis(model_dir):
 
     from .errors import damaged_safetensors_error, pickled_weights_error
     from .files import checkpoint_files
+    from .modeling_langbridge import hub_kernels_wanted
 
     if not (Path(model_dir) / "config.json").exists():
         raise FileNotFoundError(f"{model_dir} is not a model folder (no config.json); give the folder a model was saved to.")
     try:
-        model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+        model = AutoModelForImageTextToText.from_pretrained(model_dir, use_kernels=hub_kernels_wanted()).eval()
     except SafetensorError as error:
         raise damaged_safetensors_error(", ".join(map(str, checkpoint_files(Path(model_dir)))), error) from None
     except pickle.UnpicklingError:

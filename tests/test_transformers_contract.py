@@ -137,14 +137,22 @@ def kernel_requests(monkeypatch):
     return requests
 
 
-def test_offline_loads_ask_for_no_hub_kernels(qwen_clip_dir, parts, kernel_requests):
+def test_offline_loads_ask_for_no_hub_kernels(qwen_clip_dir, parts, kernel_requests, tmp_path):
     """Under HF_HUB_OFFLINE=1 (set for the tests) the Auto classes, compose and the recipes' loader ask for no
-    Hub kernels, where transformers' default would ask for them and fail on a GPU without a cache."""
-    from modeling_langbridge.compose import compose
+    Hub kernels, where transformers' default would ask for them and fail on a GPU without a cache; so does the
+    recipes' loader for the demo's LLaVA baseline, which is no LangBridge class."""
+    from trl import ModelConfig
+
+    from modeling_langbridge.compose import compose, compose_llava
+    from training.models import load_for_stage
 
     AutoModelForImageTextToText.from_pretrained(qwen_clip_dir)
     compose(str(parts["clip"]), str(parts["qwen2"]), projector_hidden_size=16, vocab_size=32)
-    assert kernel_requests and not any(asked for _, asked in kernel_requests), kernel_requests
+    llava = compose_llava(str(parts["clip"]), str(parts["qwen2"])).save(tmp_path / "llava")
+    load_for_stage(ModelConfig(model_name_or_path=str(llava)), "pretrain", False, str(tmp_path / "out"))
+    loaded = {name for name, _ in kernel_requests}
+    assert {"LangBridgeForConditionalGeneration", "LlavaForConditionalGeneration", "Qwen2ForCausalLM"} <= loaded
+    assert not any(asked for _, asked in kernel_requests), kernel_requests
 
 
 def test_an_explicit_kernels_setting_reaches_every_load(qwen_clip_dir, parts, tmp_path, kernel_requests):

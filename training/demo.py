@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from modeling_langbridge.modeling_langbridge import hub_kernels_wanted
+
 RUNS = {  # name: (connector, LLM, stage 1, description)
     "A": ("llava", "llm2", "pretrain on LLM-2", "LLaVA MLP connector, pretrained on LLM-2"),
     "B": ("langbridge", "llm2", "pretrain on LLM-1, transfer", "LangBridge, pretrained with LLM-1, transferred to LLM-2"),
@@ -151,8 +153,6 @@ def reading_check(folder, s: DemoSettings, count: int = 40) -> dict:
     import random
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from modeling_langbridge.modeling_langbridge import hub_kernels_wanted
 
     from .world import caption, questions, scene_table, scenes
 
@@ -301,7 +301,7 @@ def score(stages: Stages, world: dict, finetuned: dict) -> dict:
     def work(folder):
         results = {}
         for name, run in finetuned.items():
-            model = AutoModelForImageTextToText.from_pretrained(run["path"])
+            model = AutoModelForImageTextToText.from_pretrained(run["path"], use_kernels=hub_kernels_wanted())
             processor = AutoProcessor.from_pretrained(run["path"])
             results[name] = {}
             for split in ("validation", "test"):

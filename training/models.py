@@ -14,6 +14,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndByte
 
 import modeling_langbridge  # noqa: F401  (registers the Auto classes)
 from modeling_langbridge.compose import compose
+from modeling_langbridge.modeling_langbridge import hub_kernels_wanted
 
 LLM_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Full module paths: bitsandbytes matches skip modules by name, and these must stay in full precision.
@@ -55,7 +56,7 @@ def load_for_stage(model_args, stage: str, train_vision_tower: bool, output_dir:
     """The model and processor, with `requires_grad` set for the stage (PEFT later freezes the LLM for LoRA)."""
     path = resolve_model(model_args.model_name_or_path, output_dir, use_kernels)
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    kwargs = {"dtype": dtype, "attn_implementation": model_args.attn_implementation, "use_kernels": use_kernels}
+    kwargs = {"dtype": dtype, "attn_implementation": model_args.attn_implementation, "use_kernels": hub_kernels_wanted(use_kernels)}
     if stage == "sft" and (quantization := quantization_config(model_args)) is not None:
         kwargs["quantization_config"] = quantization
     model = AutoModelForImageTextToText.from_pretrained(path, **{k: v for k, v in kwargs.items() if v is not None})

@@ -60,9 +60,10 @@ def plot_overlays(model_dir: str, questions_file: str, image_folder: str, path: 
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from modeling_langbridge.alignment import read_nearest
+    from modeling_langbridge.modeling_langbridge import hub_kernels_wanted
     from modeling_langbridge.interpret import draw_overlay, read_patches
 
-    model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, use_kernels=hub_kernels_wanted()).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
     names = list(dict.fromkeys(json.loads(line)["image"] for line in Path(questions_file).read_text().splitlines()))[:count]
     panels = []

@@ -13,6 +13,8 @@ LoRA merged into a full-precision copy of the base in `output_dir/merged`, a pla
 import torch
 from trl import ModelConfig, SFTConfig, TrlParser
 
+from modeling_langbridge.modeling_langbridge import hub_kernels_wanted
+
 from .arguments import LangBridgeArguments
 from .collator import LangBridgeCollator
 from .data import prepare_training_data
@@ -79,7 +81,7 @@ def save_merged(base_path: str, adapter_dir: str, processor, use_kernels: bool |
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    base = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch.float32, use_kernels=use_kernels)
+    base = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch.float32, use_kernels=hub_kernels_wanted(use_kernels))
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     if dtype not in (None, "auto"):
         merged = merged.to(getattr(torch, dtype))

@@ -3,6 +3,8 @@
 import torch
 from PIL import Image
 
+from ..modeling_langbridge import hub_kernels_wanted
+
 
 def greedy_settings(gen_kwargs: dict) -> dict:
     """A harness's generation settings as `generate` takes them; temperature 0 means greedy."""
@@ -37,7 +39,8 @@ class HarnessRunner:
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
         self.model = AutoModelForImageTextToText.from_pretrained(
-            pretrained, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation
+            pretrained, dtype=dtype, trust_remote_code=trust_remote_code, attn_implementation=attn_implementation,
+            use_kernels=hub_kernels_wanted(),
         ).to(device).eval()
         self.processor = AutoProcessor.from_pretrained(pretrained, trust_remote_code=trust_remote_code)
         self.processor.tokenizer.padding_side = "left"  # batched generation continues from the right edge
