@@ -79,6 +79,20 @@ def open_image(source, name: str | None = None):
         ) from error
 
 
+def fixed_output_size(image_processor) -> tuple[int, int] | None:
+    """(height, width) of every image the processor makes, when that does not depend on the input: a center crop
+    to `crop_size`, or a resize to a fixed `size` without one. None for aspect-preserving processors."""
+    def height_width(size) -> tuple[int, int] | None:
+        size = dict(size or {})
+        return (int(size["height"]), int(size["width"])) if "height" in size and "width" in size else None
+
+    if getattr(image_processor, "do_center_crop", False):
+        return height_width(getattr(image_processor, "crop_size", None))
+    if getattr(image_processor, "do_resize", False):
+        return height_width(getattr(image_processor, "size", None))
+    return None
+
+
 class LangBridgeProcessor(ProcessorMixin):
     r"""
     Args:
@@ -122,8 +136,12 @@ class LangBridgeProcessor(ProcessorMixin):
         return count - 1 if self.vision_feature_select_strategy == "default" else count
 
     def processed_image_size(self, height: int, width: int) -> tuple[int, int]:
-        """The (height, width) the image processor turns an image of this size into, measured on a blank image:
-        exact for any resize/crop policy, and what `replace_image_token` counts from."""
+        """The (height, width) the image processor turns an image of this size into: the fixed output of a
+        center-cropping (CLIP) or fixed-size (SigLIP) processor, otherwise measured on a blank image of that size.
+        vLLM asks this for 10,000 x 10,000 images at start-up, so the fixed sizes are read, not measured."""
+        fixed = fixed_output_size(self.image_processor)
+        if fixed is not None:
+            return fixed
         from PIL import Image
 
         pixel_values = self.image_processor(Image.new("RGB", (int(width), int(height))), return_tensors="np")["pixel_values"]

@@ -166,3 +166,54 @@ def test_an_explicit_kernels_setting_reaches_every_load(qwen_clip_dir, parts, tm
     kernel_requests.clear()
     load_for_stage(ModelConfig(model_name_or_path=str(qwen_clip_dir)), "pretrain", False, str(tmp_path), use_kernels=True)
     assert ("LangBridgeForConditionalGeneration", True) in kernel_requests
+
+
+# ---------------------------------------------------------------- what vLLM's Transformers backend asks
+
+
+def test_processor_answers_what_an_inference_engine_asks(qwen_clip_dir):
+    """vLLM's Transformers backend calls the processor with `return_mm_token_type_ids=True`, splits the image
+    positions by `_get_num_multimodal_tokens`, profiles with 10,000 x 10,000 images, and (newer versions) asks for
+    the text replacement offsets."""
+    processor = AutoProcessor.from_pretrained(qwen_clip_dir)
+    images = [random_shapes_image(seed=1).resize((90, 30)), random_shapes_image(seed=2)]
+    text = f"First {processor.image_token} then {processor.image_token}."
+    out = processor(text=[text], images=images, return_mm_token_type_ids=True, return_tensors="pt")
+    image_positions = out["input_ids"] == processor.image_token_id
+    assert torch.equal(out["mm_token_type_ids"].bool(), image_positions)
+    counts = processor._get_num_multimodal_tokens(image_sizes=[(30, 90), (64, 64)])
+    positions = torch.where(out["mm_token_type_ids"][0] == 1)[0]
+    assert [len(p) for p in torch.split(positions, counts["num_image_tokens"])] == counts["num_image_tokens"]
+    assert out["pixel_values"].shape[0] == sum(counts["num_image_patches"])
+    assert processor._get_num_multimodal_tokens(image_sizes=([10000, 10000],))["num_image_tokens"] == counts["num_image_tokens"][:1]
+    offsets = processor(text=[text], images=images, return_text_replacement_offsets=True)["text_replacement_offsets"][0]
+    assert [o["replacement"].count(processor.image_token) for o in offsets] == counts["num_image_tokens"]
+    assert not hasattr(processor, "audio_token")
+
+
+def test_base_model_runs_as_an_engine_drives_it(qwen_clip_dir):
+    """The engine builds the base model from `auto_map["AutoModel"]`, encodes images with `get_image_features`,
+    writes them into the embeddings itself, and runs the backbone on `inputs_embeds` with `return_dict=False`:
+    the hidden states equal the full model's."""
+    import json
+
+    from transformers import AutoModel
+
+    from modeling_langbridge import LangBridgeModel
+
+    config = json.loads((qwen_clip_dir / "config.json").read_text())
+    assert config["auto_map"]["AutoModel"].endswith("LangBridgeModel")
+    base = AutoModel.from_pretrained(qwen_clip_dir).eval()
+    assert base.config.get_text_config() is base.config.text_config and base._supports_attention_backend
+    processor = AutoProcessor.from_pretrained(qwen_clip_dir)
+    inputs = one_question(processor)
+    with torch.no_grad():
+        features = base.get_image_features(inputs["pixel_values"]).pooler_output
+        embeddings = base.get_input_embeddings()(inputs["input_ids"])
+        embeddings[inputs["input_ids"] == processor.image_token_id] = torch.cat(list(features))
+        positions = torch.arange(inputs["input_ids"].shape[1])[None]
+        hidden = base(inputs_embeds=embeddings, position_ids=positions, use_cache=False, return_dict=False)[0]
+        expected = base(**inputs).last_hidden_state
+    torch.testing.assert_close(hidden, expected)
+    fresh = LangBridgeModel(base.config)  # an engine allocates parameters but keeps the buffers __init__ made
+    assert fresh.multi_modal_projector.vocab_token_ids.tolist() == base.config.vocab_token_ids
