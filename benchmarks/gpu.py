@@ -12,10 +12,12 @@ at toy sizes, so CI checks that it works; its numbers mean nothing.
   * greedy generation with bf16 weights, one image + 32 prompt tokens, 128 new tokens, batch 1 and 16.
 
 Times are medians over `--steps` after warm-up (CUDA synchronised); peak = `torch.cuda.max_memory_allocated`
-with only that side's model alive. Ratios are LangBridge / LLaVA (time, memory) and LLaVA / LangBridge for
+with only that side's model alive. `--alternate` sets all training sides up at once and steps them in turn (a
+drift of the GPU's clocks then falls on every side alike); a side's peak is then what it keeps between steps plus
+the most its step allocates. Ratios are LangBridge / LLaVA (time, memory) and LLaVA / LangBridge for
 generation speed (higher is better).
 
-    python -m benchmarks.gpu [--out DIR] [--small] [--steps 8] [--sections projection training generation]
+    python -m benchmarks.gpu [--out DIR] [--small] [--steps 8] [--sections projection training generation] [--alternate]
 """
 
 import argparse
@@ -241,22 +243,61 @@ def training_step(kind: str, stage: str, loss: str, sizes: Sizes, device):
         value.backward()
         optimizer.step()
 
+    def state_gib() -> float:
+        """What the side keeps between steps: weights, gradients and AdamW's moments."""
+        tensors = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None),
+                   *(t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t))]
+        return sum(t.nbytes for t in tensors) / 2**30
+
+    step.state_gib = state_gib
     return step
+
+
+def alternated(steps: dict, device, repeats: int) -> dict:
+    """All sides set up at once, warmed up, then run step by step in turn (the order reversed every round), so a
+    drift of the device's clocks falls on every side alike. Peak per side: what it keeps between steps plus the
+    most its step allocated above what everything held before it."""
+    for step in steps.values():
+        for _ in range(WARMUP):
+            step()
+    times = {name: [] for name in steps}
+    transient = dict.fromkeys(steps, 0.0)
+    for round_index in range(repeats):
+        for name in list(steps) if round_index % 2 == 0 else list(steps)[::-1]:
+            synchronize(device)
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                before = torch.cuda.memory_allocated(device)
+            start = time.perf_counter()
+            steps[name]()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+            if device.type == "cuda":
+                transient[name] = max(transient[name], (torch.cuda.max_memory_allocated(device) - before) / 2**30)
+    return {name: {"seconds": statistics.median(times[name]), "times": times[name],
+                   "peak_gib": steps[name].state_gib() + transient[name] if device.type == "cuda" else None}
+            for name in steps}
 
 
 TRAINING_SIDES = [("llava", "model"), ("llava", "fused"), ("langbridge-none", "model"), ("langbridge-none", "fused"),
                   ("langbridge-softmax", "fused")]
 
 
-def training_section(sizes: Sizes, device, steps: int) -> dict:
+def training_section(sizes: Sizes, device, steps: int, alternate: bool = False) -> dict:
     results = {}
     for stage in ("sft", "stage1"):
-        sides = {}
-        for kind, loss in TRAINING_SIDES:
-            step = training_step(kind, stage, loss, sizes, device)
-            sides[f"{kind}/{loss}"] = measure(step, device, steps)
-            del step
+        if alternate:
+            all_steps = {f"{kind}/{loss}": training_step(kind, stage, loss, sizes, device) for kind, loss in TRAINING_SIDES}
+            sides = alternated(all_steps, device, steps)
+            del all_steps
             release(device)
+        else:
+            sides = {}
+            for kind, loss in TRAINING_SIDES:
+                step = training_step(kind, stage, loss, sizes, device)
+                sides[f"{kind}/{loss}"] = measure(step, device, steps)
+                del step
+                release(device)
         base = sides["llava/model"]
         for name, side in sides.items():
             side["time_ratio"] = side["seconds"] / base["seconds"]
@@ -315,6 +356,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--sections", nargs="+", default=["projection", "training", "generation"],
                         choices=["projection", "training", "generation"])
+    parser.add_argument("--alternate", action="store_true",
+                        help="training: all sides set up at once and stepped in turn (needs room for five models)")
     args = parser.parse_args(argv)
     import transformers
 
@@ -324,14 +367,15 @@ def main(argv=None) -> dict:
     WARMUP = 1 if sizes is SMALL else WARMUP
     torch.manual_seed(0)
     results = {"device": describe(device), "transformers": transformers.__version__, "sizes": sizes.__dict__,
-               "steps": args.steps}
+               "steps": args.steps, "alternate": args.alternate}
     print(f"benchmarks.gpu on {results['device']}, transformers {transformers.__version__}; "
           f"{'toy sizes' if sizes is SMALL else 'paper sizes'}; medians of {args.steps} steps", flush=True)
     sections = {"projection": projection_section, "training": training_section, "generation": generation_section}
     for name in args.sections:
         started = time.perf_counter()
         print(f"[{name}]", flush=True)
-        results[name] = sections[name](sizes, device, args.steps)
+        extra = {"alternate": args.alternate} if name == "training" else {}
+        results[name] = sections[name](sizes, device, args.steps, **extra)
         print(f"[{name}] {time.perf_counter() - started:.0f} s", flush=True)
         if args.out:  # written after every section: a run cut short keeps what it measured
             args.out.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ def test_gpu_benchmark_runs_at_toy_sizes_and_writes_every_ratio(tmp_path):
     and the results file holds the ratios the closing notes quote."""
     from benchmarks.gpu import TRAINING_SIDES, main
 
-    results = main(["--small", "--steps", "1", "--out", str(tmp_path)])
+    results = main(["--small", "--steps", "1", "--alternate", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "gpu_results.json").read_text())
     assert saved["device"] == results["device"] and saved["sizes"]["batch"] == 2
     assert len(saved["projection"]) == 8 and all(row["time_ratio"] > 0 for row in saved["projection"])
