@@ -16,7 +16,8 @@ from .chat_templates import ChatFormat, chat_format_for
 from .configuration_langbridge import LangBridgeConfig
 from .files import atomic_folder, require_source
 from .modeling_langbridge import LangBridgeForConditionalGeneration, LangBridgeProjector, hub_kernels_wanted
-from .processing_langbridge import LangBridgeProcessor
+from .processing_langbridge import LangBridgeProcessor, fixed_output_size
+from .tiling_langbridge import check_tiling, grid_pinpoints
 from .vocab import SharedVocabulary, VocabularyMapping, check_size
 
 IMAGE_TOKEN = "<image>"
@@ -131,11 +132,16 @@ def compose(
     force: bool = False,
     dtype: str | torch.dtype = "auto",
     use_kernels: bool | None = None,
+    image_grid_pinpoints: list[list[int]] | str | None = None,
+    vision_aspect_ratio: str = "anyres",
+    patch_merge_type: str = "spatial_unpad",
 ) -> Composed:
     """Load both parts, place the shared vocabulary on the LLM's tokenizer, and build the model around them.
 
     Everything that can be checked from configs and the tokenizer is checked before any weights load.
     `use_kernels`: transformers' Hub kernels for both parts (default: only when the Hub may be reached).
+    `image_grid_pinpoints` turns tiling on (LLaVA-NeXT anyres): [height, width] pairs in pixels, or grids in tiles
+    (`"llava-next"`, `"1x2,2x1,2x2"`, `"(1x1),...,(3x3)"`; see `tiling_langbridge.grid_pinpoints`).
     """
     require_source(vision_model, "vision model")
     require_source(language_model, "language model")
@@ -167,6 +173,13 @@ def compose(
             f"The projector expects a CLS token to drop (vision_feature_select_strategy='default') but {vision_model} "
             "has none; use 'full' for towers without CLS (e.g. SigLIP)."
         )
+    if image_grid_pinpoints is not None:
+        if strategy == "full" and extra_tokens:
+            raise ValueError("Tiling lays each view's tokens out as a square grid of patches, so the CLS token must be "
+                             "dropped (vision_feature_select_strategy='default').")
+        image_grid_pinpoints, image_processor = tiled_image_processor(
+            image_processor, image_grid_pinpoints, vision_tower.config.image_size, vision_aspect_ratio, patch_merge_type
+        )
 
     config = LangBridgeConfig(
         vision_config=vision_tower.config,
@@ -182,6 +195,9 @@ def compose(
         image_seq_length=patches + (extra_tokens if strategy == "full" else 0),
         vision_model_name_or_path=str(vision_model),
         language_model_name_or_path=str(language_model),
+        image_grid_pinpoints=image_grid_pinpoints,
+        vision_aspect_ratio=vision_aspect_ratio,
+        patch_merge_type=patch_merge_type,
     )
     model = assemble(config, vision_tower, llm, tokenizer)
     processor = LangBridgeProcessor(
@@ -192,12 +208,54 @@ def compose(
         patch_size=patch_size,
         vision_feature_select_strategy=strategy,
         num_additional_image_tokens=extra_tokens,
+        **tiling_settings(config),
     )
     notes.append(
-        f"{config.image_seq_length} visual tokens per image ({'CLS dropped' if strategy == 'default' else 'all tokens kept'}); "
+        f"{config.image_seq_length} visual tokens per {'view' if config.tiling else 'image'} "
+        f"({'CLS dropped' if strategy == 'default' else 'all tokens kept'}); "
         f"projector {sum(p.numel() for p in model.model.multi_modal_projector.parameters()):,} parameters"
     )
+    if config.tiling:
+        notes.append(
+            f"tiling: {vision_aspect_ratio}, {patch_merge_type}, grids (height x width) "
+            + ", ".join(f"{h}x{w}" for h, w in config.image_grid_pinpoints)
+            + "; an image takes the base view plus its tiles, its size decides how many"
+        )
     return Composed(model, processor, mapping, notes)
+
+
+def tiling_settings(config: LangBridgeConfig) -> dict:
+    """The processor's tiling arguments for a model config (none for single-view models)."""
+    if not config.tiling:
+        return {}
+    return {"vision_aspect_ratio": config.vision_aspect_ratio, "patch_merge_type": config.patch_merge_type}
+
+
+def tiled_image_processor(image_processor, image_grid_pinpoints, tile_size: int, vision_aspect_ratio: str = "anyres",
+                          patch_merge_type: str = "spatial_unpad"):
+    """`(pinpoints in pixels, a LLaVA-NeXT image processor)` that cuts tiles with the vision model's own settings
+    (size, crop, resampling, normalisation); its base view and tiles are what the single-view processor makes of a
+    `tile_size` square."""
+    from transformers import LlavaNextImageProcessor
+
+    if isinstance(image_grid_pinpoints, str):
+        image_grid_pinpoints = grid_pinpoints(image_grid_pinpoints, tile_size)
+    image_grid_pinpoints = [list(pair) if isinstance(pair, (list, tuple)) else pair for pair in image_grid_pinpoints]
+    check_tiling(image_grid_pinpoints, tile_size, vision_aspect_ratio, patch_merge_type)
+    if fixed_output_size(image_processor) != (tile_size, tile_size):
+        raise ValueError(
+            f"Tiling needs an image processor that makes {tile_size} x {tile_size} views (the tower's input size); "
+            f"{type(image_processor).__name__} makes {fixed_output_size(image_processor) or 'images of varying size'}."
+        )
+    settings = {k: v for k, v in image_processor.to_dict().items() if k in (
+        "do_resize", "size", "resample", "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std",
+        "do_convert_rgb")}
+    crop = {"height": tile_size, "width": tile_size}
+    tiled = LlavaNextImageProcessor(
+        **settings, do_center_crop=bool(getattr(image_processor, "do_center_crop", False)), crop_size=crop,
+        image_grid_pinpoints=image_grid_pinpoints, do_pad=True,
+    )
+    return image_grid_pinpoints, tiled
 
 
 def assemble(config, vision_tower, llm, tokenizer, model_class=LangBridgeForConditionalGeneration,
@@ -212,6 +270,9 @@ def assemble(config, vision_tower, llm, tokenizer, model_class=LangBridgeForCond
     projector = projector_class(config).to(llm.dtype)
     projector.apply(model._init_weights)
     model.model.multi_modal_projector = projector
+    if getattr(config, "uses_image_newline", False):  # tiling's row-end embedding, new like the projector
+        width = config.text_config.hidden_size
+        model.model.image_newline = torch.nn.Parameter(torch.randn(width, dtype=llm.dtype) / width**0.5)
     model.config.dtype = llm.dtype
 
     generation = llm.generation_config

@@ -9,6 +9,8 @@ from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
+from .tiling_langbridge import check_tiling
+
 # CLIP ViT-L/14-336, the vision tower of LLaVA-1.5 and of the LangBridge paper.
 CLIP_VIT_L_336 = {
     "hidden_size": 1024,
@@ -70,7 +72,14 @@ class LangBridgeConfig(PreTrainedConfig):
         vision_feature_layer: hidden-state index (or indices, concatenated) of the vision tower to use.
         vision_feature_select_strategy: `"default"` drops the first token (CLIP's CLS); `"full"` keeps all.
         image_token_id: id of the `<image>` placeholder token in the LLM's tokenizer.
-        image_seq_length: visual tokens per image (informative: the processor counts them from the image).
+        image_seq_length: visual tokens per image, or per view when tiled (informative: the processor counts them
+            from the image).
+        image_grid_pinpoints: tiling (LLaVA-NeXT "anyres"): the [height, width] grid resolutions in pixels (multiples
+            of the tower's input size) an image is fitted to and cut into tiles of, after a base view of the whole
+            image. None (the default) is a single view, as before tiling existed.
+        vision_aspect_ratio: with tiling, `"anyres"` or `"anyres_max_N"` (shrink the tiled map to about N tiles).
+        patch_merge_type: with tiling, how tiles become tokens: `"spatial_unpad"` (LLaVA-NeXT: padding cut away, a
+            learned `image_newline` after every row), `"spatial"` or `"flat"` (see tiling_langbridge.py).
         vision_model_name_or_path / language_model_name_or_path: where the two parts came from.
     """
 
@@ -95,6 +104,9 @@ class LangBridgeConfig(PreTrainedConfig):
     vision_feature_select_strategy: Literal["default", "full"] = "default"
     image_token_id: int = 151646
     image_seq_length: int = 576
+    image_grid_pinpoints: list[list[int]] | None = None
+    vision_aspect_ratio: str = "anyres"
+    patch_merge_type: Literal["spatial_unpad", "spatial", "flat"] = "spatial_unpad"
     tie_word_embeddings: bool = False
     vision_model_name_or_path: str | None = None
     language_model_name_or_path: str | None = None
@@ -132,6 +144,18 @@ class LangBridgeConfig(PreTrainedConfig):
                     f"vision_feature_layer {outside[0]} does not exist: the vision tower has {num_layers} layers, so "
                     f"hidden-state indices run from {-(num_layers + 1)} to {num_layers} (-2 is the paper's)."
                 )
+        if self.tiling:
+            check_tiling(self.image_grid_pinpoints, self.vision_config.image_size, self.vision_aspect_ratio, self.patch_merge_type)
+
+    @property
+    def tiling(self) -> bool:
+        """Whether images are tiled (LLaVA-NeXT anyres) rather than seen as one view."""
+        return self.image_grid_pinpoints is not None
+
+    @property
+    def uses_image_newline(self) -> bool:
+        """Whether the model has the learned `image_newline` row embedding (tiling with `spatial_unpad`)."""
+        return self.tiling and self.patch_merge_type == "spatial_unpad"
 
     def check_vocab_token_ids(self, vocab_token_ids: list[int | list[int]] | None) -> None:
         """Refuse shared-vocabulary ids that this LLM cannot embed, naming the offenders and the fix."""

@@ -13,6 +13,7 @@ regexes, TRL and quantization skip lists work unchanged.
 This file travels with checkpoints as remote code: it imports only `transformers` and its siblings.
 """
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ from .projection_langbridge import (
     softmax_combination,
     tf32_products,
 )
+from .tiling_langbridge import tiled_layout
 
 
 def vocabulary_buffers(vocab_token_ids: list | None, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -250,6 +252,8 @@ class LangBridgePreTrainedModel(PreTrainedModel):
             init.copy_(module.vocab_token_ids, buffers[0])
             init.copy_(module.composed_rows, buffers[1])
             init.copy_(module.composed_token_ids, buffers[2])
+        if isinstance(module, LangBridgeModel) and module.image_newline is not None:
+            init.normal_(module.image_newline, mean=0.0, std=1 / math.sqrt(self.config.text_config.hidden_size))
 
 
 class LangBridgeModel(LangBridgePreTrainedModel):
@@ -259,6 +263,8 @@ class LangBridgeModel(LangBridgePreTrainedModel):
         super().__init__(config)
         self.vision_tower = AutoModel.from_config(config.vision_config)
         self.multi_modal_projector = LangBridgeProjector(config)
+        # Tiling with `spatial_unpad` only (LLaVA-NeXT's learned row end); single-view models have no such weight.
+        self.image_newline = nn.Parameter(torch.empty(config.text_config.hidden_size)) if config.uses_image_newline else None
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
@@ -289,19 +295,88 @@ class LangBridgeModel(LangBridgePreTrainedModel):
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
+        image_sizes: torch.Tensor | list | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
         """Visual tokens per image (`pooler_output`, a list), ready for the placeholder positions.
 
-        `generate` reads this signature and calls it once before the first step, so `pixel_values` stays named.
+        Tiled models (`config.image_grid_pinpoints`) take `pixel_values` [images, views, C, H, W] (views padded to the
+        batch's largest) or [views, C, H, W], and `image_sizes` [images, 2], each image's original (height, width):
+        every view goes through tower and projector, then `pack_image_features` lays them out. `generate` reads this
+        signature and calls it once before the first step, so `pixel_values` and `image_sizes` stay named.
         """
         if pixel_values.shape[0] == 0:  # text only: the processor's 0-row pixel_values (so pipeline batches can mix)
             return BaseModelOutputWithPooling(last_hidden_state=pixel_values, pooler_output=[])
+        if not self.config.tiling:
+            features = self.get_vision_features(pixel_values, vision_feature_layer, vision_feature_select_strategy, **kwargs)
+            visual_tokens = self.multi_modal_projector(features, self.get_input_embeddings())
+            return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=list(visual_tokens))
+
+        layouts = self.tiled_layouts(image_sizes, pixel_values)
+        views = [layout["views"] for layout in layouts]
+        if pixel_values.dim() == 5:  # [images, views padded to the largest, C, H, W]: drop the padding views
+            pixel_values = torch.cat([image[:count] for image, count in zip(pixel_values, views)], dim=0)
+        elif pixel_values.shape[0] != sum(views):
+            raise ValueError(
+                f"pixel_values hold {pixel_values.shape[0]} views but the image_sizes give {sum(views)} (base view + tiles "
+                "per image); build both with this model's processor."
+            )
         features = self.get_vision_features(pixel_values, vision_feature_layer, vision_feature_select_strategy, **kwargs)
         visual_tokens = self.multi_modal_projector(features, self.get_input_embeddings())
-        return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=list(visual_tokens))
+        packed = self.pack_image_features(list(visual_tokens.split(views)), layouts)
+        return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=packed)
+
+    def tiled_layouts(self, image_sizes, pixel_values: torch.Tensor) -> list[dict]:
+        """Each image's tiling (`tiling_langbridge.tiled_layout`) from its original size."""
+        if image_sizes is None:
+            raise ValueError(
+                "This model tiles images (config.image_grid_pinpoints), so it needs image_sizes, each image's original "
+                "(height, width), beside pixel_values. Pass the image_sizes the LangBridge processor returns."
+            )
+        sizes = image_sizes.tolist() if isinstance(image_sizes, torch.Tensor) else [list(s) for s in image_sizes]
+        if pixel_values.dim() == 5 and len(sizes) != pixel_values.shape[0]:
+            raise ValueError(f"pixel_values hold {pixel_values.shape[0]} images but image_sizes has {len(sizes)} sizes.")
+        config = self.config
+        side = config.vision_config.image_size // config.vision_config.patch_size
+        return [
+            tiled_layout(size, config.image_grid_pinpoints, config.vision_config.image_size, side,
+                         config.vision_aspect_ratio, config.patch_merge_type)
+            for size in sizes
+        ]
+
+    def pack_image_features(self, image_features: list[torch.Tensor], layouts: list[dict]) -> list[torch.Tensor]:
+        """Per image, its views' visual tokens [views, side * side, D] -> the [tokens, D] sequence the LLM reads: the
+        base view, then the tiles as `config.patch_merge_type` lays them out (LLaVA-NeXT's `spatial_unpad`: one map,
+        padding cut away, shrunk for `anyres_max_N`, `image_newline` after every row)."""
+        merge = self.config.patch_merge_type
+        packed = []
+        for features, layout in zip(image_features, layouts):
+            base, tiles = features[0], features[1:]
+            side = math.isqrt(base.shape[0])
+            if side * side != base.shape[0]:
+                raise ValueError(
+                    f"A view gives {base.shape[0]} visual tokens, not a square grid of patches: tiling needs the CLS token "
+                    "dropped (vision_feature_select_strategy='default' for CLIP) or a tower without one ('full' for SigLIP)."
+                )
+            if merge == "flat":
+                packed.append(features.flatten(0, 1))
+                continue
+            rows, columns = layout["grid"]
+            grid = tiles.reshape(rows, columns, side, side, -1)
+            if merge == "spatial":
+                packed.append(torch.cat([base, grid.permute(0, 2, 1, 3, 4).flatten(0, 3)], dim=0))
+                continue
+            feature_map = grid.permute(4, 0, 2, 1, 3).flatten(1, 2).flatten(2, 3)  # [D, rows * side, columns * side]
+            top, bottom, left, right = layout["bounds"]
+            feature_map = feature_map[:, top:bottom, left:right]
+            if tuple(layout["map"]) != tuple(feature_map.shape[1:]):  # anyres_max_N: shrunk to about N tiles
+                feature_map = nn.functional.interpolate(feature_map[None], list(layout["map"]), mode="bilinear")[0]
+            newline = self.image_newline[:, None, None].to(feature_map.device, feature_map.dtype)
+            feature_map = torch.cat([feature_map, newline.expand(-1, feature_map.shape[1], 1)], dim=-1)
+            packed.append(torch.cat([base, feature_map.flatten(1, 2).transpose(0, 1)], dim=0))
+        return packed
 
     def get_placeholder_mask(self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor) -> torch.Tensor:
         """Boolean [batch, seq] mask of the `<image>` placeholder positions."""
@@ -318,8 +393,15 @@ class LangBridgeModel(LangBridgePreTrainedModel):
         if n_placeholders == n_visual:
             return
         per_image = visual_tokens[0].shape[0] if visual_tokens else 0
+        takes = f"the {per_image} tokens an image takes"
         if n_placeholders == 0:
             problem = f"{n_images} image(s) were given (pixel_values) but input_ids hold no <image> placeholder"
+        elif self.config.tiling:  # tiled images differ in size, so in tokens
+            takes = "the tokens each image takes (tiled: it depends on the image's size)"
+            problem = (
+                f"input_ids hold {n_placeholders} <image> placeholder tokens but the {n_images} image(s) given make "
+                f"{n_visual} visual tokens ({', '.join(str(t.shape[0]) for t in visual_tokens[:8])})"
+            )
         else:
             problem = (
                 f"input_ids hold {n_placeholders} <image> placeholder tokens (room for {n_placeholders / per_image:g} "
@@ -327,8 +409,7 @@ class LangBridgeModel(LangBridgePreTrainedModel):
             )
         raise ValueError(
             f"{problem}. Put one <image> in the text per image and build the inputs with the LangBridge processor, "
-            f"which expands each <image> into the {per_image} tokens an image takes (and refuses a truncation that "
-            "would cut them)."
+            f"which expands each <image> into {takes} (and refuses a truncation that would cut them)."
         )
 
     @can_return_tuple
@@ -344,6 +425,7 @@ class LangBridgeModel(LangBridgePreTrainedModel):
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        image_sizes: torch.LongTensor | None = None,
         **kwargs,
     ) -> LangBridgeModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
@@ -359,7 +441,10 @@ class LangBridgeModel(LangBridgePreTrainedModel):
         if image_outputs is not None and len(image_outputs.pooler_output) == 0:
             image_outputs = None
         if image_outputs is None and pixel_values is not None:
-            image_outputs = self.get_image_features(pixel_values, vision_feature_layer, vision_feature_select_strategy)
+            image_outputs = self.get_image_features(
+                pixel_values, image_sizes=image_sizes, vision_feature_layer=vision_feature_layer,
+                vision_feature_select_strategy=vision_feature_select_strategy,
+            )
 
         placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
         if image_outputs is not None:
@@ -424,6 +509,7 @@ class LangBridgeForConditionalGeneration(LangBridgePreTrainedModel, GenerationMi
         labels: torch.LongTensor | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        image_sizes: torch.LongTensor | None = None,
         **kwargs,
     ) -> LangBridgeCausalLMOutputWithPast:
         outputs = self.model(
@@ -436,6 +522,7 @@ class LangBridgeForConditionalGeneration(LangBridgePreTrainedModel, GenerationMi
             vision_feature_layer=vision_feature_layer,
             vision_feature_select_strategy=vision_feature_select_strategy,
             mm_encoder_outputs=mm_encoder_outputs,
+            image_sizes=image_sizes,
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)

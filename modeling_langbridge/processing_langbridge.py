@@ -12,6 +12,8 @@ from transformers.image_utils import get_image_size, to_numpy_array
 from transformers.processing_utils import MultiModalData, ProcessorMixin
 from transformers.utils import logging
 
+from .tiling_langbridge import check_tiling, num_image_tokens, num_views
+
 logger = logging.get_logger(__name__)
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
@@ -104,6 +106,10 @@ class LangBridgeProcessor(ProcessorMixin):
         vision_feature_select_strategy: `"default"` drops the first vision token (CLS), `"full"` keeps all,
             as in the model config.
         num_additional_image_tokens: tokens the tower adds to the patches (1 for CLIP's CLS, 0 for SigLIP).
+        vision_aspect_ratio: set (`"anyres"` or `"anyres_max_N"`, as in the model config) when the model tiles
+            images; the image processor is then a LLaVA-NeXT one whose `image_grid_pinpoints` cut the tiles. None: one
+            view per image.
+        patch_merge_type: with tiling, the model config's `patch_merge_type`.
     """
 
     def __init__(
@@ -115,6 +121,8 @@ class LangBridgeProcessor(ProcessorMixin):
         patch_size=None,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=0,
+        vision_aspect_ratio=None,
+        patch_merge_type=None,
         **kwargs,
     ):
         self.image_token = getattr(tokenizer, "image_token", None) or image_token
@@ -128,7 +136,41 @@ class LangBridgeProcessor(ProcessorMixin):
         self.patch_size = patch_size
         self.vision_feature_select_strategy = vision_feature_select_strategy
         self.num_additional_image_tokens = num_additional_image_tokens
+        self.vision_aspect_ratio = vision_aspect_ratio
+        self.patch_merge_type = patch_merge_type or ("spatial_unpad" if vision_aspect_ratio else None)
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
+        if self.tiling:
+            pinpoints = getattr(image_processor, "image_grid_pinpoints", None)
+            if pinpoints is None:
+                raise ValueError(
+                    f"vision_aspect_ratio={vision_aspect_ratio!r} asks for tiling but the image processor "
+                    f"({type(image_processor).__name__}) has no image_grid_pinpoints; use a LLaVA-NeXT image processor "
+                    "(`langbridge compose --image-grid-pinpoints ...` builds one)."
+                )
+            check_tiling(pinpoints, self.tile_size, vision_aspect_ratio, self.patch_merge_type)
+
+    @property
+    def tiling(self) -> bool:
+        """Whether images are tiled (LLaVA-NeXT anyres): then each image's token count depends on its size."""
+        return self.vision_aspect_ratio is not None
+
+    @property
+    def tile_size(self) -> int:
+        """The side of a tile (and of the base view): the image processor's crop size."""
+        crop = dict(getattr(self.image_processor, "crop_size", None) or getattr(self.image_processor, "size", None) or {})
+        return int(crop.get("height") or crop["shortest_edge"])
+
+    def num_image_tokens(self, height: int, width: int) -> int:
+        """Placeholders for an image of this original size: one view's tokens, or, tiled, the base view's plus the
+        tiles' as the model packs them (`tiling_langbridge.num_image_tokens`)."""
+        if not self.tiling:
+            return self.image_seq_length(*self.processed_image_size(height, width))
+        return num_image_tokens((height, width), self.image_processor.image_grid_pinpoints, self.tile_size,
+                                self.tile_size // self.patch_size, self.vision_aspect_ratio, self.patch_merge_type)
+
+    def num_image_views(self, height: int, width: int) -> int:
+        """How many views (base + tiles) an image of this size becomes: 1 without tiling."""
+        return num_views((height, width), self.image_processor.image_grid_pinpoints, self.tile_size) if self.tiling else 1
 
     def image_seq_length(self, height: int, width: int) -> int:
         """How many visual tokens the model makes of an image of this (processed) size."""
@@ -152,10 +194,13 @@ class LangBridgeProcessor(ProcessorMixin):
         what inference engines (vLLM's Transformers backend) ask to lay out prompts."""
         if image_sizes is None:
             return MultiModalData()
-        counts = [self.image_seq_length(*self.processed_image_size(height, width)) for height, width in image_sizes]
+        counts = [self.num_image_tokens(height, width) for height, width in image_sizes]
         return MultiModalData(num_image_tokens=counts, num_image_patches=[1] * len(counts))
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        if self.tiling:  # counted from the original size, which the image processor returns
+            height, width = (int(side) for side in image_inputs["image_sizes"][image_idx])
+            return self.image_token * self.num_image_tokens(height, width)
         height, width = get_image_size(to_numpy_array(image_inputs["pixel_values"][image_idx]))
         return self.image_token * self.image_seq_length(height, width)
 
@@ -229,7 +274,7 @@ class LangBridgeProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self):
-        return ["input_ids", "attention_mask", "pixel_values"]
+        return ["input_ids", "attention_mask", "pixel_values", *(["image_sizes"] if self.tiling else [])]
 
 
 __all__ = ["LangBridgeProcessor"]
