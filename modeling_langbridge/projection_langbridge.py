@@ -28,7 +28,7 @@ import torch
 # Working memory the softmax path may hold at once ([chunk x T] tensors). A GPU step has room for far larger
 # chunks than a CPU one, and larger chunks keep its matrix units busy.
 SOFTMAX_MEMORY_BUDGET = {"cuda": 4 * 2**30}
-DEFAULT_SOFTMAX_MEMORY_BUDGET = 256 * 2**20
+DEFAULT_SOFTMAX_MEMORY_BUDGET = 225 * 2**20  # 1,023 tokens at T = 19,200
 # Bytes per [chunk x T] entry alive at once. Recomputing: low-precision logits, float32 exponentials and
 # gradients, the low-precision coefficients. Keeping (low precision throughout): logits, coefficients, their
 # gradients in backward.
@@ -200,18 +200,26 @@ class SoftmaxCombination(torch.autograd.Function):
             h, g = hidden[rows], grad_out[rows]
             p = torch.addmm(bias, h, weight.T).to(accumulate).sub_(log_sum_exp[rows, None]).exp_()
             if needs_embeddings:
-                grad_embeddings += torch.mm(p.T.to(dtype), g)
+                accumulate_product(grad_embeddings, p.T.to(dtype), g)
             if not (needs_hidden or needs_weight or needs_bias):
                 continue
             grad_logits = (g @ embeddings.T).to(accumulate).sub_(delta[rows, None]).mul_(p).to(dtype)
             if needs_hidden:
                 torch.mm(grad_logits, weight, out=grad_hidden[rows])
             if needs_weight:
-                grad_weight += torch.mm(grad_logits.T, h)
+                accumulate_product(grad_weight, grad_logits.T, h)
             if needs_bias:
                 grad_bias += grad_logits.to(accumulate).sum(dim=0)
         cast = lambda grad, like: None if grad is None else grad.to(like.dtype)  # noqa: E731
         return grad_hidden, cast(grad_weight, weight), cast(grad_bias, bias), cast(grad_embeddings, embeddings), None
+
+
+def accumulate_product(total: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """`total += a @ b`, in place when the dtypes agree (no [T x H] temporary), else through the product."""
+    if total.dtype == a.dtype:
+        total.addmm_(a, b)
+    else:
+        total += torch.mm(a, b)
 
 
 def kept_softmax_combination(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, embeddings: torch.Tensor,
