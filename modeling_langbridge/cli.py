@@ -70,7 +70,8 @@ def check_paths(command: str, args) -> None:
                 require_source(value, name.replace("_", " "))
 
 
-COMPOSE_DEFAULTS = {"projector_hidden_size": 5120, "vocab_size": 19200, "coefficients": "none", "vision_feature_layer": -2}
+COMPOSE_DEFAULTS = {"projector_hidden_size": 5120, "vocab_size": 19200, "coefficients": "none", "vision_feature_layer": -2,
+                    "image_grid_pinpoints": None, "vision_aspect_ratio": "anyres", "patch_merge_type": "spatial_unpad"}
 
 
 def compose_settings(args) -> dict:
@@ -88,6 +89,9 @@ def compose_settings(args) -> dict:
             "vocab_size": config.get("shared_vocab_size"),
             "coefficients": config.get("coefficient_activation"),
             "vision_feature_layer": config.get("vision_feature_layer"),
+            "image_grid_pinpoints": config.get("image_grid_pinpoints"),
+            "vision_aspect_ratio": config.get("vision_aspect_ratio"),
+            "patch_merge_type": config.get("patch_merge_type"),
         }
     settings = {
         key: next((v for v in (getattr(args, key), from_config.get(key), COMPOSE_DEFAULTS.get(key)) if v is not None), None)
@@ -203,7 +207,7 @@ def convert_official_command(args) -> int:
     else:
         composed = convert_checkpoint(
             args.checkpoint, args.vocab, vocab_matrix=args.vocab_matrix, vision_model=args.vision_model,
-            allow_base_view=args.allow_base_view,
+            tiling=not args.no_tiling,
         )
         print_notes(composed)
         composed.save(args.out)
@@ -390,6 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     vocab.add_argument("--vocab", type=Path, help="a shared-vocabulary JSON (langbridge vocab build)")
     p.add_argument("--coefficients", choices=["none", "softmax"], help="coefficient activation (default none)")
     p.add_argument("--vision-feature-layer", type=int, help="default -2")
+    p.add_argument("--image-grid-pinpoints", metavar="GRIDS",
+                   help="tile high-resolution images (LLaVA-NeXT anyres): 'llava-next' (1x2,2x1,2x2,3x1,1x3), grids in tiles "
+                        "as ROWSxCOLUMNS,... or a range '(1x1),...,(3x3)'; default: one view per image")
+    p.add_argument("--vision-aspect-ratio", help="with tiling: anyres (default) or anyres_max_N")
+    p.add_argument("--patch-merge-type", choices=["spatial_unpad", "spatial", "flat"],
+                   help="with tiling: spatial_unpad (default: padding cut, a learned newline per row), spatial or flat")
     add_transfer_safety(p)
     p.set_defaults(run=compose_command)
 
@@ -434,7 +444,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vision-feature-select-strategy", choices=["default", "full"], default="default",
                    help="default: patch tokens only, CLS dropped (official); full: keep CLS")
     p.add_argument("--trained-with", help="the LLM the projector was trained with, for the record")
-    p.add_argument("--allow-base-view", action="store_true", help="convert a LLaVA-NeXT anyres checkpoint for base-view use")
+    p.add_argument("--no-tiling", action="store_true",
+                   help="convert a LLaVA-NeXT anyres checkpoint for a single view (fewer tokens; not the official numerics)")
     p.add_argument("--out", required=True, type=Path)
     p.set_defaults(run=convert_official_command)
 

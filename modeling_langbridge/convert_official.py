@@ -6,8 +6,10 @@ with `E` a matrix file (`mm_vocab_matrix`) holding the base LLM's embeddings of 
 a JSON file (token -> id). Converted models keep those numerics: raw logits, the combination in float32.
 """
 
+import ast
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -17,7 +19,16 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from .adapter import AdapterFacts, LangBridgeAdapter
 from .chat_templates import chat_format_for
-from .compose import Composed, assemble, fit_embeddings, load_vision_tower, prepare_tokenizer, vision_config_of
+from .compose import (
+    Composed,
+    assemble,
+    fit_embeddings,
+    load_vision_tower,
+    prepare_tokenizer,
+    tiled_image_processor,
+    tiling_settings,
+    vision_config_of,
+)
 from .configuration_langbridge import CLIP_VIT_L_336, LangBridgeConfig
 from .files import load_safetensors, load_torch_weights, read_checkpoint_tensors
 from .processing_langbridge import LangBridgeProcessor
@@ -128,9 +139,12 @@ def convert_checkpoint(
     *,
     vocab_matrix: str | Path | None = None,
     vision_model: str | None = None,
-    allow_base_view: bool = False,
+    tiling: bool = True,
 ) -> Composed:
-    """A full official checkpoint folder (LLaVA-1.5 or LLaVA-NeXT layout) -> our full model."""
+    """A full official checkpoint folder (LLaVA-1.5 or LLaVA-NeXT layout) -> our full model.
+
+    A LLaVA-NeXT checkpoint trained with anyres tiling converts tiled, with its grid and `image_newline`;
+    `tiling=False` (`--no-tiling`) converts it for a single view instead, which the official code never ran."""
     checkpoint = Path(checkpoint)
     config_file = checkpoint / "config.json"
     if not config_file.exists():
@@ -138,17 +152,11 @@ def convert_checkpoint(
     official = json.loads(config_file.read_text())
     if official.get("mm_projector_type") != "mm_vocab":
         raise ValueError(f"{checkpoint} has mm_projector_type={official.get('mm_projector_type')!r}, not 'mm_vocab': not a LangBridge checkpoint.")
-    tiled = official.get("image_aspect_ratio") == "anyres" or "unpad" in str(official.get("mm_patch_merge_type", ""))
-    if tiled and not allow_base_view:
-        raise ValueError(
-            f"{checkpoint} was trained with LLaVA-NeXT tiling (image_aspect_ratio={official.get('image_aspect_ratio')!r}, "
-            f"mm_patch_merge_type={official.get('mm_patch_merge_type')!r}), which this package does not implement. "
-            "Pass --allow-base-view to convert it for single-view inference (base resolution only, image_newline "
-            "dropped): its answers will differ from the official code's."
-        )
+    tiled = official_tiling(official, checkpoint)
     notes = ["converted from the official code: raw-logit coefficients, combination in float32"]
-    if tiled:
-        notes.append("WARNING: tiling not implemented; the model sees the base view only")
+    if tiled and not tiling:
+        notes.append("WARNING: converted for a single view (--no-tiling): the official model tiles images, so answers differ")
+        tiled = None
 
     family = llm_family(official)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint)
@@ -166,6 +174,16 @@ def convert_checkpoint(
 
     vision_name = vision_model or official.get("mm_vision_tower") or OFFICIAL_VISION_TOWER
     vision_config, image_processor = official_vision_parts(vision_name, official.get("image_aspect_ratio", "square"))
+    if tiled:
+        pinpoints, image_processor = tiled_image_processor(
+            image_processor, official_grid_pinpoints(official["image_grid_pinpoints"], vision_config.image_size),
+            vision_config.image_size, tiled["vision_aspect_ratio"], tiled["patch_merge_type"],
+        )
+        tiled["image_grid_pinpoints"] = pinpoints
+        notes.append(
+            f"tiling as trained: {tiled['vision_aspect_ratio']}, {tiled['patch_merge_type']}, grids (height x width) "
+            + ", ".join(f"{h}x{w}" for h, w in pinpoints)
+        )
     vision_tower = build_vision_tower(vision_config, weights, vision_name, llm.dtype)
     notes.append("vision tower: " + ("weights from the checkpoint" if any(k.startswith(VISION_PREFIX) for k in weights) else vision_name))
     layer = official.get("mm_vision_select_layer", -2)
@@ -192,18 +210,68 @@ def convert_checkpoint(
         image_seq_length=patches + (1 if strategy == "full" else 0),
         vision_model_name_or_path=vision_name,
         language_model_name_or_path=str(checkpoint),
+        **(tiled or {}),
     )
     model = assemble(config, vision_tower, llm, tokenizer)
     projector = model.model.multi_modal_projector
     projector.load_state_dict({k: v.to(llm.dtype) for k, v in projector_weights.items()}, strict=False)
     if frozen is not None:
         projector.frozen_embeddings = frozen
+    if config.uses_image_newline:
+        model.model.image_newline.data = official_image_newline(weights, checkpoint, llm).to(llm.dtype)
     processor = LangBridgeProcessor(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=chat.template,
         patch_size=vision_config.patch_size, vision_feature_select_strategy=strategy, num_additional_image_tokens=1,
+        **tiling_settings(config),
     )
     mapping = VocabularyMapping(tokenizer_name=str(checkpoint), entries=vocab_ids, found=vocab_tokens)
     return Composed(model, processor, mapping, notes)
+
+
+def official_tiling(official: dict, checkpoint: Path) -> dict | None:
+    """The tiling settings of an official config (`image_aspect_ratio` anyres / anyres_max_N, `mm_patch_merge_type`),
+    None for single-view checkpoints; variants the official code has but this package does not are refused."""
+    aspect_ratio = str(official.get("image_aspect_ratio") or "square")
+    merge = str(official.get("mm_patch_merge_type") or "flat")
+    if aspect_ratio in ("square", "pad"):
+        return None
+    if aspect_ratio != "anyres" and not re.fullmatch(r"anyres_max_\d+", aspect_ratio):
+        raise ValueError(
+            f"{checkpoint} uses image_aspect_ratio={aspect_ratio!r}; only square, pad, anyres and anyres_max_N convert."
+        )
+    if merge not in ("spatial_unpad", "spatial", "flat"):
+        raise ValueError(
+            f"{checkpoint} uses mm_patch_merge_type={merge!r}; only spatial_unpad, spatial and flat convert (the "
+            "official code's maxpool2x2, nobase and video variants are not implemented)."
+        )
+    if not official.get("image_grid_pinpoints"):
+        raise ValueError(f"{checkpoint} tiles images (image_aspect_ratio={aspect_ratio!r}) but its config has no image_grid_pinpoints.")
+    return {"vision_aspect_ratio": aspect_ratio, "patch_merge_type": merge}
+
+
+def official_grid_pinpoints(pinpoints, tile_size: int) -> list[list[int]]:
+    """The official grid as [height, width] pairs: the official code lists (width, height) pairs, as a list, a
+    Python literal, or a range of grids in tiles such as "(1x1),...,(6x6)" (width x height)."""
+    if isinstance(pinpoints, str) and "x" in pinpoints:
+        ends = re.findall(r"\((\d+)x(\d+)\)", pinpoints)
+        (w0, h0), (w1, h1) = (tuple(map(int, e)) for e in (ends[0], ends[-1]))
+        pinpoints = [(w * tile_size, h * tile_size) for w in range(w0, w1 + 1) for h in range(h0, h1 + 1)]
+    elif isinstance(pinpoints, str):
+        pinpoints = ast.literal_eval(pinpoints)
+    return [[int(height), int(width)] for width, height in pinpoints]
+
+
+def official_image_newline(weights: dict[str, torch.Tensor], checkpoint: Path, llm) -> torch.Tensor:
+    """The learned row-end embedding (`model.image_newline`) of a spatial_unpad checkpoint."""
+    newline = weights.get("model.image_newline")
+    width = llm.config.hidden_size
+    if newline is None or tuple(newline.shape) != (width,):
+        found = "none" if newline is None else f"one of shape {tuple(newline.shape)}"
+        raise ValueError(
+            f"{checkpoint} tiles with spatial_unpad, which needs its learned model.image_newline [{width}], but the "
+            f"checkpoint has {found}. Convert the complete checkpoint, or pass --no-tiling for a single view."
+        )
+    return newline
 
 
 def official_vocabulary_ids(vocab_file, tokenizer) -> tuple[list[int], list[str]]:

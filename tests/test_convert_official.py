@@ -171,15 +171,18 @@ def test_llava_next_layouts(parts, official_parts, tmp_path, capsys):
     flat, _ = write_official_checkpoint(tmp_path / "next-flat", parts, official_parts, layout="llava-next")
     assert main(["convert-official", "--checkpoint", str(flat), "--vocab", str(flat / "vocab.json"), "--out", str(tmp_path / "a")]) == 0
 
+    assert not AutoModelForImageTextToText.from_pretrained(tmp_path / "a").config.tiling  # square: one view
+
+    # anyres checkpoints convert tiled (their numerics: tests/test_tiling.py); unknown variants are refused
     tiled, _ = write_official_checkpoint(tmp_path / "next-anyres", parts, official_parts, layout="llava-next-anyres")
-    refused = tmp_path / "b"
+    assert main(["convert-official", "--checkpoint", str(tiled), "--vocab", str(tiled / "vocab.json"), "--out", str(tmp_path / "b")]) == 0
+    assert AutoModelForImageTextToText.from_pretrained(tmp_path / "b").config.tiling
+    config = json.loads((tiled / "config.json").read_text())
+    (tiled / "config.json").write_text(json.dumps(config | {"mm_patch_merge_type": "maxpool2x2"}))
+    refused = tmp_path / "c"
     assert main(["convert-official", "--checkpoint", str(tiled), "--vocab", str(tiled / "vocab.json"), "--out", str(refused)]) == 2
-    error = capsys.readouterr().err
-    assert "image_aspect_ratio='anyres'" in error and "--allow-base-view" in error
+    assert "mm_patch_merge_type='maxpool2x2'" in capsys.readouterr().err
     assert not refused.exists()
-    assert main(["convert-official", "--checkpoint", str(tiled), "--vocab", str(tiled / "vocab.json"),
-                 "--allow-base-view", "--out", str(refused)]) == 0
-    assert "WARNING: tiling not implemented" in capsys.readouterr().out
 
 
 class TestBadOfficialInput:

@@ -48,7 +48,7 @@ class LangBridgeCollator:
         images = [image for example in examples for image in example["images"]] or None
         batch = self.processor(images=images, text=[prompt + target for prompt, target in parts], **self._processor_kwargs())
         prompt_lengths = [len(self.processor.tokenizer(prompt)["input_ids"]) for prompt, _ in parts]
-        # A prompt holds its <image> once; in input_ids each image is image_seq_length tokens.
+        # A prompt holds its <image> once; in input_ids each image is its tokens (image_seq_length, or by size if tiled).
         image_tokens = (batch["input_ids"] == self.processor.image_token_id).sum(dim=1)
         num_images = torch.tensor([len(example["images"]) for example in examples])
         starts = torch.tensor(prompt_lengths) + image_tokens - num_images

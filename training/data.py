@@ -7,6 +7,7 @@ image (each image is a known number of tokens) and drops, with counts, those a t
 an image or leave with nothing to learn.
 """
 
+import io
 import multiprocessing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -149,17 +150,41 @@ def count_image_items(messages: list[dict]) -> int:
     )
 
 
+def stored_image_size(ref) -> tuple[int, int] | None:
+    """(height, width) of an image path or `{"bytes", "path"}` ref, read from the file's header without decoding the
+    pixels; None when it cannot be read (the image loader then skips and counts the sample)."""
+    try:
+        source = ref
+        if isinstance(ref, dict):
+            source = io.BytesIO(ref["bytes"]) if ref.get("bytes") else ref.get("path")
+        with Image.open(source) as image:
+            width, height = image.size
+        return height, width
+    except (OSError, ValueError, SyntaxError, TypeError):
+        return None
+
+
 def fit_to_length(dataset: Dataset, processor, image_seq_length: int, max_length: int | None, mode: str,
                   report: DataReport) -> Dataset:
     """Keep the samples that fit: truncation may shorten text after the images, never cut into one, and every
-    kept sample has at least one token to learn. Counts what it drops in `report`."""
+    kept sample has at least one token to learn. Counts what it drops in `report`.
+
+    An image is `image_seq_length` tokens; with a tiling processor its count depends on its size, read from the
+    file's header (`stored_image_size`), still without decoding it."""
     tokenizer = processor.tokenizer
     image_token_id = processor.image_token_id
+    tiling = getattr(processor, "tiling", False)
 
     def measure(sample):
         messages, num_images = sample["messages"], len(sample["images"])
         if count_image_items(messages) != num_images and mode == "chat":
             return {"verdict": "image_mismatch"}
+        widths = [image_seq_length] * num_images
+        if tiling:
+            sizes = [stored_image_size(ref) for ref in sample["images"]]
+            if None in sizes:  # unreadable: the image loader skips and counts it when a batch meets it
+                return {"verdict": "keep"}
+            widths = [processor.num_image_tokens(*size) for size in sizes]
         if mode == "plain":
             prompt, target = render_plain(messages, num_images)
             if not target.strip():  # an empty caption: only LLaVA's closing newline would be learned
@@ -174,10 +199,12 @@ def fit_to_length(dataset: Dataset, processor, image_seq_length: int, max_length
             )
             ids, trainable = out["input_ids"], out["assistant_masks"]
         # Expand each <image> to its tokens, tracking where images end and which positions are learned.
-        length, image_end, learned = 0, 0, []
+        length, image_end, learned, images_seen = 0, 0, [], 0
         for token, learn in zip(ids, trainable):
-            width = image_seq_length if token == image_token_id else 1
+            width = 1
             if token == image_token_id:
+                width = widths[images_seen] if images_seen < len(widths) else image_seq_length
+                images_seen += 1
                 image_end = length + width
             if learn and token != image_token_id:
                 learned.append(length)

@@ -34,6 +34,8 @@ def resolve_model(model_name_or_path: str, output_dir: str, use_kernels: bool | 
             projector_hidden_size=config["projector_hidden_size"], vocab_size=config["shared_vocab_size"],
             coefficients=config["coefficient_activation"], vision_feature_layer=config["vision_feature_layer"],
             use_kernels=use_kernels,
+            **{key: config[key] for key in ("image_grid_pinpoints", "vision_aspect_ratio", "patch_merge_type")
+               if config.get(key) is not None},  # tiling, when the config asks for it
         )
         composed.save(composed_dir)
     return str(composed_dir)
@@ -66,6 +68,8 @@ def load_for_stage(model_args, stage: str, train_vision_tower: bool, output_dir:
 
     model.requires_grad_(stage == "sft" and not model_args.use_peft)
     model.model.multi_modal_projector.requires_grad_(True)
+    if getattr(model.model, "image_newline", None) is not None:  # tiling's row end learns with the projector
+        model.model.image_newline.requires_grad_(True)
     model.model.vision_tower.requires_grad_(stage == "sft" and train_vision_tower)
     return model, processor
 

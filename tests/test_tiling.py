@@ -1,0 +1,155 @@
+"""Tiling (LLaVA-NeXT "anyres"): official checkpoints convert with their grid and `image_newline` and give the official
+visual tokens; composed tiled models answer through the pipeline, count placeholders from the image size, load as
+remote code and train with the SFT recipe; `interpret` reads the base view and every tile."""
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_convert_official import official_parts, write_official_checkpoint  # noqa: F401 (a fixture)
+from test_remote_code import REMOTE_SCRIPT
+from test_training import run_recipe, write_config
+from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
+
+from modeling_langbridge.cli import main
+from modeling_langbridge.compose import compose
+from modeling_langbridge.tiny import random_shapes_image
+
+# The tiny CLIP's input is 32 px in 8 px patches: 4 x 4 tokens per view. The official fixture's grid, as the
+# official code writes it, (width, height): 1 x 2 tiles, 2 x 1, 2 x 2.
+OFFICIAL_PINPOINTS_WH = [[32, 64], [64, 32], [64, 64]]
+TILE, SIDE = 32, 4
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711])
+
+
+def picture(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A non-square test image: shapes drawn on a square, then resized to (width, height)."""
+    return random_shapes_image(seed, size=96).resize((width, height), Image.Resampling.BICUBIC)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# An independent float64 reading of the official LLaVA-NeXT code (llava/mm_utils.py, llava/model/llava_arch.py).
+# Sizes are (width, height) as there; nothing below calls this package.
+# ---------------------------------------------------------------------------------------------------------------
+
+def official_best_resolution(size, pinpoints):
+    """mm_utils.select_best_resolution: most of the image kept, then the least waste; (width, height)."""
+    width, height = size
+    best, best_effective, best_waste = None, 0, float("inf")
+    for w, h in pinpoints:
+        scale = min(w / width, h / height)
+        effective = min(int(width * scale) * int(height * scale), width * height)
+        waste = w * h - effective
+        if effective > best_effective or (effective == best_effective and waste < best_waste):
+            best, best_effective, best_waste = (w, h), effective, waste
+    return best
+
+
+def official_views(image, pinpoints):
+    """mm_utils.process_anyres_image: the image squashed to one tile (the base view), then the tiles of the image
+    resized into the best grid resolution and pasted on black."""
+    target_w, target_h = official_best_resolution(image.size, pinpoints)
+    scale_w, scale_h = target_w / image.width, target_h / image.height
+    if scale_w < scale_h:
+        new_w, new_h = target_w, min(math.ceil(image.height * scale_w), target_h)
+    else:
+        new_w, new_h = min(math.ceil(image.width * scale_h), target_w), target_h
+    canvas = Image.new("RGB", (target_w, target_h), (0, 0, 0))
+    canvas.paste(image.resize((new_w, new_h)), ((target_w - new_w) // 2, (target_h - new_h) // 2))
+    tiles = [canvas.crop((x, y, x + TILE, y + TILE)) for y in range(0, target_h, TILE) for x in range(0, target_w, TILE)]
+    return [image.resize((TILE, TILE))] + tiles, (target_w // TILE, target_h // TILE)
+
+
+def official_unpad(feature_map, size):
+    """llava_arch.unpad_image on a [D, H, W] map; `size` is (width, height)."""
+    width, height = size
+    current_h, current_w = feature_map.shape[1:]
+    if width / height > current_w / current_h:
+        padding = (current_h - int(height * (current_w / width))) // 2
+        return feature_map[:, padding:current_h - padding, :]
+    padding = (current_w - int(width * (current_h / height))) // 2
+    return feature_map[:, :, padding:current_w - padding]
+
+
+def official_anyres_tokens(image, vision, projector, matrix, newline, aspect_ratio="anyres"):
+    """The visual tokens the official code feeds its LLM for one image, in float64: CLIP preprocessing, tower layer
+    -2 without CLS, mm_projector, `.float() @ E`, then llava_arch's spatial_unpad merge."""
+    views, (columns, rows) = official_views(image, OFFICIAL_PINPOINTS_WH)
+    pixels = np.stack([(np.asarray(view, dtype=np.float64) / 255.0 - CLIP_MEAN) / CLIP_STD for view in views])
+    pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2)
+    vision, projector = copy.deepcopy(vision).double(), copy.deepcopy(projector).double()
+    with torch.no_grad():
+        features = vision(pixels, output_hidden_states=True).hidden_states[-2][:, 1:]
+        tokens = projector(features) @ matrix.double()
+    base, tiles = tokens[0], tokens[1:]
+    feature_map = tiles.view(rows, columns, SIDE, SIDE, -1).permute(4, 0, 2, 1, 3).flatten(1, 2).flatten(2, 3)
+    feature_map = official_unpad(feature_map, image.size)
+    if aspect_ratio.startswith("anyres_max_"):
+        limit = int(aspect_ratio.rsplit("_", 1)[1])
+        d, h, w = feature_map.shape
+        times = math.sqrt(h * w / (limit * SIDE**2))
+        if times > 1.1:
+            feature_map = torch.nn.functional.interpolate(feature_map[None], [int(h // times), int(w // times)], mode="bilinear")[0]
+    rows_end = newline.double()[:, None, None].expand(feature_map.shape[0], feature_map.shape[1], 1)
+    feature_map = torch.cat([feature_map, rows_end], dim=-1)
+    return torch.cat([base, feature_map.flatten(1, 2).transpose(0, 1)], dim=0)
+
+
+@pytest.mark.parametrize("aspect_ratio, size", [("anyres", (45, 70)), ("anyres", (90, 30)), ("anyres_max_1", (45, 70))])
+def test_official_anyres_checkpoint_converts_to_the_official_visual_tokens(parts, official_parts, tmp_path, aspect_ratio,
+                                                                            size, capsys):
+    checkpoint, weights = write_official_checkpoint(tmp_path / "official", parts, official_parts, layout="llava-next-anyres")
+    config = json.loads((checkpoint / "config.json").read_text())
+    assert config["image_grid_pinpoints"] == OFFICIAL_PINPOINTS_WH and config["mm_patch_merge_type"] == "spatial_unpad"
+    config["image_aspect_ratio"] = aspect_ratio
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    out = tmp_path / "converted"
+    assert main(["convert-official", "--checkpoint", str(checkpoint), "--vocab", str(checkpoint / "vocab.json"), "--out", str(out)]) == 0
+    assert f"tiling as trained: {aspect_ratio}, spatial_unpad" in capsys.readouterr().out
+
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    processor = AutoProcessor.from_pretrained(out)
+    assert model.config.image_grid_pinpoints == [[64, 32], [32, 64], [64, 64]]  # (height, width), the official order
+    assert (model.config.vision_aspect_ratio, model.config.patch_merge_type) == (aspect_ratio, "spatial_unpad")
+    assert torch.equal(model.model.image_newline, weights["model.image_newline"])
+
+    image = picture(*size, seed=4)
+    inputs = processor(images=[image], text="<image>", return_tensors="pt")
+    matrix = torch.load(checkpoint / "embedding_matrix.pt", weights_only=True)
+    expected = official_anyres_tokens(image, official_parts["vision"], official_parts["projector"], matrix,
+                                      weights["model.image_newline"], aspect_ratio)
+    with torch.no_grad():
+        got = model.get_image_features(inputs["pixel_values"], image_sizes=inputs["image_sizes"]).pooler_output[0]
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-5)
+
+    placeholders = int((inputs["input_ids"] == processor.image_token_id).sum())
+    assert placeholders == expected.shape[0] == processor._get_num_multimodal_tokens(image_sizes=[size[::-1]]).num_image_tokens[0]
+    with torch.no_grad():  # and the LLM reads exactly these tokens in place of the placeholders
+        hidden = model.model(**inputs, output_hidden_states=True).hidden_states[0][0]
+    torch.testing.assert_close(hidden.double(), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_no_tiling_converts_an_anyres_checkpoint_for_one_view(parts, official_parts, tmp_path, capsys):
+    checkpoint, _ = write_official_checkpoint(tmp_path / "official", parts, official_parts, layout="llava-next-anyres")
+    out = tmp_path / "single"
+    assert main(["convert-official", "--checkpoint", str(checkpoint), "--vocab", str(checkpoint / "vocab.json"),
+                 "--no-tiling", "--out", str(out)]) == 0
+    assert "WARNING: converted for a single view (--no-tiling)" in capsys.readouterr().out
+    model = AutoModelForImageTextToText.from_pretrained(out)
+    assert model.config.image_grid_pinpoints is None and model.model.image_newline is None
+
+    config = json.loads((checkpoint / "config.json").read_text())
+    del config["image_grid_pinpoints"]
+    (checkpoint / "config.json").write_text(json.dumps(config))
+    assert main(["convert-official", "--checkpoint", str(checkpoint), "--vocab", str(checkpoint / "vocab.json"),
+                 "--out", str(tmp_path / "refused")]) == 2
+    assert "has no image_grid_pinpoints" in capsys.readouterr().err
