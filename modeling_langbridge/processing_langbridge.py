@@ -195,7 +195,9 @@ class LangBridgeProcessor(ProcessorMixin):
         if image_sizes is None:
             return MultiModalData()
         counts = [self.num_image_tokens(height, width) for height, width in image_sizes]
-        return MultiModalData(num_image_tokens=counts, num_image_patches=[1] * len(counts))
+        # rows of pixel_values per image: tiled images send their views one after another (see `_views_in_rows`)
+        views = [self.num_image_views(height, width) for height, width in image_sizes]
+        return MultiModalData(num_image_tokens=counts, num_image_patches=views)
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         if self.tiling:  # counted from the original size, which the image processor returns
@@ -227,13 +229,38 @@ class LangBridgeProcessor(ProcessorMixin):
         if not images and kwargs.get("return_tensors") and "pixel_values" not in outputs:
             # Text only: no images, but the key is there (0 rows), so a pipeline batch can mix these with image chats.
             outputs["pixel_values"] = self._no_pixel_values(kwargs["return_tensors"])
+            if self.tiling:
+                outputs["image_sizes"] = self._no_image_sizes(kwargs["return_tensors"])
+        elif self.tiling and "image_sizes" in outputs:
+            outputs["pixel_values"] = self._views_in_rows(outputs["pixel_values"], outputs["image_sizes"])
         return outputs
+
+    def _views_in_rows(self, pixel_values, image_sizes):
+        """Tiled: the image processor's [images, views padded to the most, C, H, W] as the real views one after
+        another, [views, C, H, W]: no padding views to encode, and pipeline batches of images with different numbers
+        of tiles concatenate (`image_sizes` says which rows belong to which image)."""
+        import numpy as np
+
+        counts = [self.num_image_views(int(h), int(w)) for h, w in image_sizes]
+        rows = [image[:count] for image, count in zip(pixel_values, counts)]
+        if hasattr(pixel_values, "new_zeros"):  # a torch tensor
+            import torch
+
+            return torch.cat(rows, dim=0)
+        if isinstance(pixel_values, np.ndarray):
+            return np.concatenate(rows, axis=0)
+        return [view for image in rows for view in image]
 
     def _no_pixel_values(self, return_tensors):
         from PIL import Image
 
         blank = self.image_processor(Image.new("RGB", (32, 32)), return_tensors=return_tensors)["pixel_values"]
-        return blank[:0]
+        return blank[0, :0] if self.tiling else blank[:0]
+
+    def _no_image_sizes(self, return_tensors):
+        from PIL import Image
+
+        return self.image_processor(Image.new("RGB", (32, 32)), return_tensors=return_tensors)["image_sizes"][:0]
 
     def _checked_images(self, images, text):
         """Images opened and checked (paths are decoded with `open_image`; PIL images converted to RGB the 16-bit

@@ -153,3 +153,107 @@ def test_no_tiling_converts_an_anyres_checkpoint_for_one_view(parts, official_pa
     assert main(["convert-official", "--checkpoint", str(checkpoint), "--vocab", str(checkpoint / "vocab.json"),
                  "--out", str(tmp_path / "refused")]) == 2
     assert "has no image_grid_pinpoints" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Composed tiled models
+# ---------------------------------------------------------------------------------------------------------------
+
+SIZES = [(90, 30), (30, 90), (64, 64), (45, 70), (200, 120)]  # (width, height): wide, tall, square, and larger
+
+
+@pytest.fixture(scope="module")
+def tiled_dir(parts, tmp_path_factory):
+    """A composed LangBridge folder that tiles: CLIP + Qwen2-style LLM, grids of 1 x 2, 2 x 1 and 2 x 2 tiles."""
+    torch.manual_seed(0)
+    composed = compose(str(parts["clip"]), str(parts["qwen2"]), projector_hidden_size=64, vocab_size=96,
+                       image_grid_pinpoints="1x2,2x1,2x2")
+    return composed.save(tmp_path_factory.mktemp("tiled") / "model")
+
+
+def test_a_tiled_model_answers_through_the_pipeline_with_the_processors_counts(tiled_dir):
+    model = AutoModelForImageTextToText.from_pretrained(tiled_dir).eval()
+    processor = AutoProcessor.from_pretrained(tiled_dir)
+    assert model.config.image_grid_pinpoints == [[32, 64], [64, 32], [64, 64]] and processor.tiling
+    assert model.model.image_newline.shape == (model.config.text_config.hidden_size,)
+
+    counts = processor._get_num_multimodal_tokens(image_sizes=[(h, w) for w, h in SIZES]).num_image_tokens
+    assert len(set(counts)) > 2  # the size decides: wide, tall and square images differ
+    chat = pipeline("image-text-to-text", model=str(tiled_dir))
+    for (width, height), count in zip(SIZES, counts):
+        image = picture(width, height)
+        inputs = processor(images=[image], text=["<image> What is it?"], return_tensors="pt")
+        assert int((inputs["input_ids"] == processor.image_token_id).sum()) == count == processor.num_image_tokens(height, width)
+        assert inputs["image_sizes"].tolist() == [[height, width]]
+        with torch.no_grad():
+            tokens = model.get_image_features(inputs["pixel_values"], image_sizes=inputs["image_sizes"]).pooler_output
+        assert [t.shape[0] for t in tokens] == [count]
+        message = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What is it?"}]}]
+        reply = chat(text=message, max_new_tokens=3, return_full_text=False)[0]["generated_text"]
+        assert isinstance(reply, str)
+
+    # Several images of different sizes in one batch: their views one after another, each image its own count.
+    images = [picture(w, h, seed=n) for n, (w, h) in enumerate(SIZES[:3])]
+    batch = processor(images=[[images[0]], [images[1], images[2]]], text=["<image> a", "<image> b <image> c"],
+                      padding=True, return_tensors="pt")
+    views = [processor.num_image_views(h, w) for w, h in SIZES[:3]]
+    assert views == [3, 3, 5] and batch["pixel_values"].shape[0] == sum(views)
+    assert processor._get_num_multimodal_tokens(image_sizes=[(h, w) for w, h in SIZES[:3]]).num_image_patches == views
+    assert (batch["input_ids"] == processor.image_token_id).sum(dim=1).tolist() == [counts[0], counts[1] + counts[2]]
+    with torch.no_grad():
+        batched = model(**batch).logits
+        alone = model(**processor(images=[images[0]], text=["<image> a"], return_tensors="pt")).logits
+    torch.testing.assert_close(batched[0, : alone.shape[1]], alone[0], rtol=1e-4, atol=1e-4)
+
+    # The pipeline batches chats whose images have different numbers of tiles, and text-only chats with them.
+    chats = [[{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What?"}]}]
+             for image in images] + [[{"role": "user", "content": [{"type": "text", "text": "Hello"}]}]]
+    replies = chat(text=chats, max_new_tokens=3, return_full_text=False, batch_size=4)
+    assert len(replies) == 4 and all(isinstance(r[0]["generated_text"], str) for r in replies)
+
+
+def test_tiled_generation_modes_agree(tiled_dir):
+    model = AutoModelForImageTextToText.from_pretrained(tiled_dir).eval()
+    processor = AutoProcessor.from_pretrained(tiled_dir)
+    inputs = processor(images=[picture(90, 30)], text=["<image> Describe the image."], return_tensors="pt")
+    with torch.no_grad():
+        plain = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+        chunked = model.generate(**inputs, max_new_tokens=5, do_sample=False, prefill_chunk_size=16)
+        beams = model.generate(**inputs, max_new_tokens=5, do_sample=False, num_beams=2)
+    assert torch.equal(plain, chunked)
+    assert beams.shape[1] == plain.shape[1]
+
+
+def test_a_tiled_model_needs_image_sizes_and_says_so(tiled_dir):
+    model = AutoModelForImageTextToText.from_pretrained(tiled_dir).eval()
+    processor = AutoProcessor.from_pretrained(tiled_dir)
+    inputs = processor(images=[picture(90, 30)], text=["<image> a"], return_tensors="pt")
+    with pytest.raises(ValueError, match="needs image_sizes"):
+        model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"])
+    with pytest.raises(ValueError, match="depends on the image's size"):
+        model(input_ids=inputs["input_ids"][:, 5:], pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"])
+
+
+def test_a_tiled_folder_loads_and_generates_without_the_package(tiled_dir, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for mode in ("RGB", "RGBA", "L", "P"):  # not square, so the tiles and the unpadding matter
+        random_shapes_image(seed=3, size=96, mode=mode).crop((0, 0, 96, 40)).save(images / f"{mode.lower()}.png")
+    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules_cache"), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, str(tiled_dir), str(images)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert all(module.startswith("transformers_modules") for module in report["classes"]), report["classes"]
+    assert len(report["batch_replies"]) == 2
+
+    model = AutoModelForImageTextToText.from_pretrained(tiled_dir).eval()
+    processor = AutoProcessor.from_pretrained(tiled_dir)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the star?"}]}],
+        add_generation_prompt=True,
+    )
+    inputs = processor(images=[Image.open(images / "rgb.png")], text=[text], return_tensors="pt")
+    with torch.no_grad():
+        local = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    assert report["generated"] == local.tolist()  # the remote copy tiles exactly as the package does
