@@ -257,3 +257,67 @@ def test_a_tiled_folder_loads_and_generates_without_the_package(tiled_dir, tmp_p
     with torch.no_grad():
         local = model.generate(**inputs, max_new_tokens=6, do_sample=False)
     assert report["generated"] == local.tolist()  # the remote copy tiles exactly as the package does
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------------------------
+
+TRAIN_SIZES = [(90, 30), (30, 90), (64, 64), (200, 120), (45, 70), (120, 50)]
+
+
+def write_llava_json(root, sizes):
+    """A LLaVA JSON file whose images have the given (width, height) sizes."""
+    (root / "images").mkdir(parents=True)
+    records = []
+    for n, (width, height) in enumerate(sizes):
+        picture(width, height, seed=n).save(root / "images" / f"{n}.png")
+        records.append({"id": str(n), "image": f"{n}.png", "conversations": [
+            {"from": "human", "value": "<image>\nWhat is in the picture?"},
+            {"from": "gpt", "value": ["a red circle.", "a blue square.", "a green star."][n % 3]}]})
+    (root / "data.json").write_text(json.dumps(records))
+    return root / "data.json", root / "images"
+
+
+def test_fit_to_length_counts_each_tiled_image_by_its_size(tiled_dir, tmp_path):
+    from training.data import DataReport, fit_to_length, load_llava_json
+
+    processor = AutoProcessor.from_pretrained(tiled_dir)
+    data, images = write_llava_json(tmp_path, [(90, 30), (64, 64), (30, 90), (64, 64)])
+    counts = [processor.num_image_tokens(h, w) for w, h in [(90, 30), (64, 64), (30, 90)]]
+    assert counts[1] > counts[0] + 40 and counts[1] > counts[2] + 40
+    message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]},
+               {"role": "assistant", "content": [{"type": "text", "text": "a red circle."}]}]
+    text_tokens = len(processor.tokenizer.apply_chat_template(message, chat_template=processor.chat_template, tokenize=True,
+                                                              return_dict=True)["input_ids"]) - 1
+    report = DataReport()
+    kept = fit_to_length(load_llava_json(data, images), processor, 16, text_tokens + max(counts[0], counts[2]) + 20, "chat", report)
+    assert (report.kept, report.dropped_cut_image) == (2, 2)  # the square images take more tokens than the wide and tall
+    assert [sample["images"][0].rsplit("/", 1)[1] for sample in kept] == ["0.png", "2.png"]
+
+
+def test_the_sft_recipe_trains_a_tiled_model_on_llava_json(tiled_dir, tmp_path):
+    from training import sft
+
+    data, images = write_llava_json(tmp_path / "data", TRAIN_SIZES)
+    out = tmp_path / "sft"
+    config = write_config(tmp_path / "sft.yaml", model_name_or_path=str(tiled_dir), dataset=str(data),
+                          image_folder=str(images), output_dir=str(out), max_steps=4, per_device_train_batch_size=3,
+                          learning_rate=1e-3, max_length=200)
+    trainer = run_recipe(sft, config)
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
+    assert json.loads((out / "data_report.json").read_text())["kept"] == len(TRAIN_SIZES)
+
+    before = AutoModelForImageTextToText.from_pretrained(tiled_dir).state_dict()
+    trained = AutoModelForImageTextToText.from_pretrained(out).eval()
+    after = trained.state_dict()
+    assert not torch.equal(before["model.image_newline"], after["model.image_newline"])  # the row end learns too
+    assert not torch.equal(before["model.multi_modal_projector.vocab_proj.weight"], after["model.multi_modal_projector.vocab_proj.weight"])
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("model.vision_tower."))
+
+    processor = AutoProcessor.from_pretrained(out)
+    assert processor.tiling
+    inputs = processor(images=[picture(120, 50)], text=["<image> What is in the picture?"], return_tensors="pt")
+    with torch.no_grad():
+        assert trained.generate(**inputs, max_new_tokens=3, do_sample=False).shape[1] > inputs["input_ids"].shape[1]
