@@ -291,7 +291,8 @@ def interpret_command(args) -> int:
     answer = answer_one(model, processor, image, args.prompt) if args.prompt else None
     title = f"{args.image.name}: top-{args.top_k} tokens by {'coefficient' if method == 'coefficients' else 'cosine similarity'}"
     draw_overlay(image, reading, args.out, title=title + (f"  |  {args.prompt} -> {answer}" if answer is not None else ""))
-    print(f"Wrote {args.out} ({reading.grid[0]}x{reading.grid[1]} patches, method: {method})")
+    tiles = f"; and {reading.tile_grid[0]}x{reading.tile_grid[1]} tiles" if hasattr(reading, "tile_grid") else ""
+    print(f"Wrote {args.out} ({reading.grid[0]}x{reading.grid[1]} patches{tiles}, method: {method})")
     if args.json:
         reading.to_json(args.json, method=method, prompt=args.prompt, answer=answer)
         print(f"Wrote {args.json}")

@@ -321,3 +321,28 @@ def test_the_sft_recipe_trains_a_tiled_model_on_llava_json(tiled_dir, tmp_path):
     inputs = processor(images=[picture(120, 50)], text=["<image> What is in the picture?"], return_tensors="pt")
     with torch.no_grad():
         assert trained.generate(**inputs, max_new_tokens=3, do_sample=False).shape[1] > inputs["input_ids"].shape[1]
+
+
+def test_interpret_reads_the_base_view_and_every_tile(tiled_dir, tmp_path, capsys):
+    image_file = tmp_path / "wide.png"
+    picture(90, 40, seed=2).save(image_file)
+    reading_file, overlay = tmp_path / "reading.json", tmp_path / "overlay.png"
+    assert main(["interpret", str(image_file), "--model", str(tiled_dir), "--top-k", "2", "--out", str(overlay),
+                 "--json", str(reading_file)]) == 0
+    assert "4x4 patches; and 1x2 tiles" in capsys.readouterr().out
+    reading = json.loads(reading_file.read_text())
+    assert reading["base"]["grid"] == [4, 4] and reading["tiles"]["grid"] == [4, 8] and reading["tile_grid"] == [1, 2]
+    assert reading["canvas"] == [32, 64] and reading["placement"][1] == 0  # a wide image fills the width
+    with Image.open(overlay) as drawn:
+        assert drawn.height > drawn.width / 2  # the base view above, the tiles below
+
+    # Each patch's words are its own view's largest coefficients: base view first, then tile (0, 1) at columns 4-7.
+    model = AutoModelForImageTextToText.from_pretrained(tiled_dir).eval()
+    processor = AutoProcessor.from_pretrained(tiled_dir)
+    pixel_values = processor(images=[Image.open(image_file)], text="<image>", return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        coefficients = model.model.multi_modal_projector.coefficients(model.model.get_vision_features(pixel_values))
+    top = coefficients.topk(2, dim=-1).indices  # [views, 16, 2]
+    assert reading["base"]["token_ids"] == top[0].tolist()
+    second_tile = [reading["tiles"]["token_ids"][row * 8 + 4 + column] for row in range(4) for column in range(4)]
+    assert second_tile == top[2].tolist()
