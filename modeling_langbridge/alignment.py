@@ -24,10 +24,11 @@ from .vocab import TokenizerVocabulary
 FUNCTION_WORDS = {"a", "an", "the", "and", "or", "of", "on", "in", "at", "to", "is", "are", "with", "there", "it", "its"}
 
 
-def visual_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The embeddings the LLM receives for each image: [images, patches, hidden]."""
+def visual_tokens(model, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None = None) -> torch.Tensor:
+    """The embeddings the LLM receives for each image: [images, patches, hidden] (`image_sizes` for tiled models)."""
+    sizes = {} if image_sizes is None else {"image_sizes": image_sizes}
     with torch.no_grad():
-        output = model.get_image_features(pixel_values=pixel_values.to(model.device, model.dtype))
+        output = model.get_image_features(pixel_values=pixel_values.to(model.device, model.dtype), **sizes)
     tokens = output.pooler_output if hasattr(output, "pooler_output") else output
     return torch.stack(list(tokens))
 
@@ -66,8 +67,9 @@ class NearestWords:
 
 def read_nearest(model, processor, image: Image.Image, top_k: int = 3) -> PatchReading:
     """Each patch's nearest vocabulary tokens by cosine similarity (a similarity search, for any connector)."""
-    pixel_values = processor.image_processor(image, return_tensors="pt")["pixel_values"]
-    return NearestWords(model, processor.tokenizer).read(visual_tokens(model, pixel_values)[0], top_k)
+    processed = processor.image_processor(image, return_tensors="pt")
+    tokens = visual_tokens(model, processed["pixel_values"], processed.get("image_sizes"))
+    return NearestWords(model, processor.tokenizer).read(tokens[0], top_k)
 
 
 def content_words(text: str) -> set[str]:
@@ -91,8 +93,8 @@ def measure(model, processor, images: list[Image.Image], captions: list[str] | N
     words = NearestWords(model, processor.tokenizer)
     top1, grounded, patches = [], 0, 0
     for index, image in enumerate(images):
-        pixel_values = processor.image_processor(image, return_tensors="pt")["pixel_values"]
-        reading = words.read(visual_tokens(model, pixel_values)[0], top_k=1)
+        processed = processor.image_processor(image, return_tensors="pt")
+        reading = words.read(visual_tokens(model, processed["pixel_values"], processed.get("image_sizes"))[0], top_k=1)
         top1 += [w[0] for w in reading.weights]
         patches += len(reading.tokens)
         if captions:

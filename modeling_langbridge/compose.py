@@ -149,7 +149,12 @@ def compose(
     check_size(projector_hidden_size, "projector hidden size")
     tokenizer = AutoTokenizer.from_pretrained(language_model)
     chat, notes = prepare_tokenizer(tokenizer)
-    check_vision_features(vision_config_of(vision_model), vision_feature_layer, expected_vision_feature_size, vision_model)
+    vision_config = vision_config_of(vision_model)
+    check_vision_features(vision_config, vision_feature_layer, expected_vision_feature_size, vision_model)
+    if image_grid_pinpoints is not None:  # tiling settings are checked before any weights load
+        if isinstance(image_grid_pinpoints, str):
+            image_grid_pinpoints = grid_pinpoints(image_grid_pinpoints, vision_config.image_size)
+        check_tiling(image_grid_pinpoints, vision_config.image_size, vision_aspect_ratio, patch_merge_type)
 
     if vocab is None:
         shared = SharedVocabulary.from_tokenizer(tokenizer, vocab_size)

@@ -346,3 +346,57 @@ def test_interpret_reads_the_base_view_and_every_tile(tiled_dir, tmp_path, capsy
     assert reading["base"]["token_ids"] == top[0].tolist()
     second_tile = [reading["tiles"]["token_ids"][row * 8 + 4 + column] for row in range(4) for column in range(4)]
     assert second_tile == top[2].tolist()
+
+
+def test_nearest_words_and_alignment_read_a_tiled_model(tiled_dir):
+    from modeling_langbridge.alignment import measure, read_nearest
+
+    model = AutoModelForImageTextToText.from_pretrained(tiled_dir).eval()
+    processor = AutoProcessor.from_pretrained(tiled_dir)
+    image = picture(90, 30)
+    reading = read_nearest(model, processor, image, top_k=1)
+    assert len(reading.tokens) == processor.num_image_tokens(30, 90)  # every visual token, newline rows included
+    point = measure(model, processor, [image, picture(30, 90)], ["a red circle", "a blue square"])
+    assert point.patches == processor.num_image_tokens(30, 90) + processor.num_image_tokens(90, 30)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Settings: off by default, asked for by compose and by hub configs through the recipes, refused when wrong
+# ---------------------------------------------------------------------------------------------------------------
+
+def test_single_view_models_have_no_tiling(qwen_clip_dir):
+    config = json.loads((qwen_clip_dir / "config.json").read_text())
+    assert config.get("image_grid_pinpoints") is None
+    model = AutoModelForImageTextToText.from_pretrained(qwen_clip_dir)
+    processor = AutoProcessor.from_pretrained(qwen_clip_dir)
+    assert not model.config.tiling and model.model.image_newline is None
+    assert not any("image_newline" in name for name in model.state_dict())
+    assert not processor.tiling and "image_sizes" not in processor(images=[picture(90, 30)], text="<image>", return_tensors="pt")
+
+
+def test_a_hub_config_asks_the_recipes_for_tiling(parts, tmp_path):
+    from training.models import resolve_model
+
+    hub_config = tmp_path / "pair.json"
+    hub_config.write_text(json.dumps({
+        "vision_model_name_or_path": str(parts["clip"]), "language_model_name_or_path": str(parts["qwen2"]),
+        "projector_hidden_size": 32, "shared_vocab_size": 64, "coefficient_activation": "none", "vision_feature_layer": -2,
+        "image_grid_pinpoints": [[32, 64], [64, 32]], "vision_aspect_ratio": "anyres_max_2", "patch_merge_type": "spatial_unpad",
+    }))
+    folder = resolve_model(str(hub_config), str(tmp_path / "run"))
+    config = AutoModelForImageTextToText.from_pretrained(folder).config
+    assert (config.image_grid_pinpoints, config.vision_aspect_ratio) == ([[32, 64], [64, 32]], "anyres_max_2")
+    assert AutoProcessor.from_pretrained(folder).vision_aspect_ratio == "anyres_max_2"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--image-grid-pinpoints", "1x2,2x0"], "positive number of rows and columns"),
+    (["--image-grid-pinpoints", "1x2", "--vision-aspect-ratio", "anyres_max"], "vision_aspect_ratio 'anyres_max' is not understood"),
+    (["--image-grid-pinpoints", "wide"], "cannot read the grids 'wide'"),
+])
+def test_compose_refuses_wrong_tiling_settings(parts, tmp_path, capsys, flags, message):
+    out = tmp_path / "model"
+    assert main(["compose", "--vision-model", str(parts["clip"]), "--language-model", str(parts["qwen2"]),
+                 "--projector-hidden-size", "32", "--vocab-size", "64", "--out", str(out), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
