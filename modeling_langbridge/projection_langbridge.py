@@ -28,7 +28,7 @@ import torch
 # Working memory the softmax path may hold at once ([chunk x T] tensors). A GPU step has room for far larger
 # chunks than a CPU one, and larger chunks keep its matrix units busy.
 SOFTMAX_MEMORY_BUDGET = {"cuda": 4 * 2**30}
-DEFAULT_SOFTMAX_MEMORY_BUDGET = 225 * 2**20  # 1,023 tokens at T = 19,200
+DEFAULT_SOFTMAX_MEMORY_BUDGET = 225 * 2**20  # 1,024 tokens at T = 19,200
 # Bytes per [chunk x T] entry alive at once. Recomputing: low-precision logits, float32 exponentials and
 # gradients, the low-precision coefficients. Keeping (low precision throughout): logits, coefficients, their
 # gradients in backward.
@@ -240,7 +240,9 @@ def softmax_combination(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.
     vocab_size = weight.shape[0]
     if keep is None:
         keep = torch.is_grad_enabled() and keeps_coefficients(flat.shape[0], vocab_size, flat.dtype, flat.device)
-    chunk = chunk or softmax_chunk_tokens(vocab_size, flat.device, keep)
+    if chunk is None:  # equal chunks of at most the budget's size: no short trailing chunk
+        pieces = max(1, -(-flat.shape[0] // softmax_chunk_tokens(vocab_size, flat.device, keep)))
+        chunk = max(1, -(-flat.shape[0] // pieces))
     with autocast_off(flat):
         if keep:
             out = kept_softmax_combination(flat, weight, bias, embeddings, chunk)
