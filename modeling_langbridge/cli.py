@@ -502,6 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .notices import quiet_known_notices
+
+    quiet_known_notices()
     parser = build_parser()
     args, unknown = parser.parse_known_args(argv)
     if unknown and args.command != "train":

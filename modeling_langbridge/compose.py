@@ -5,6 +5,7 @@ Auto classes and `pipeline("image-text-to-text")` load, with the LLM's tokenizer
 vision model's image processor and a chat template in the LLM's dialect.
 """
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from .chat_templates import ChatFormat, chat_format_for
 from .configuration_langbridge import LangBridgeConfig
 from .files import atomic_folder, require_source
 from .modeling_langbridge import LangBridgeForConditionalGeneration, LangBridgeProjector, hub_kernels_wanted
+from .notices import DropKnownNotice
 from .processing_langbridge import LangBridgeProcessor, fixed_output_size
 from .tiling_langbridge import check_tiling, grid_pinpoints
 from .vocab import SharedVocabulary, VocabularyMapping, check_size
@@ -87,7 +89,16 @@ def fit_embeddings(llm, tokenizer) -> list[str]:
     """Grow the LLM's embedding table only when the tokenizer outgrew it (Qwen's has spare rows)."""
     if len(tokenizer) <= llm.get_input_embeddings().num_embeddings:
         return []
-    llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    # New rows start from the old rows' mean and covariance (mean_resizing), chosen here on purpose; transformers'
+    # notice that it does so restates that choice, so it is dropped for this call.
+    modeling_logger = logging.getLogger("transformers.modeling_utils")
+    notice = DropKnownNotice(("The new embeddings will be initialized from a multivariate normal distribution",
+                              "The new lm_head weights will be initialized from a multivariate normal distribution"))
+    modeling_logger.addFilter(notice)
+    try:
+        llm.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    finally:
+        modeling_logger.removeFilter(notice)
     return [f"grew the LLM's embeddings to {len(tokenizer)} rows"]
 
 
@@ -280,6 +291,8 @@ def assemble(config, vision_tower, llm, tokenizer, model_class=LangBridgeForCond
         model.model.image_newline = torch.nn.Parameter(torch.randn(width, dtype=llm.dtype) / width**0.5)
     model.config.dtype = llm.dtype
 
+    # The config's EOS is the tokenizer's (the end-of-turn token), as the Trainer would otherwise align it, with a notice.
+    model.config.get_text_config().eos_token_id = tokenizer.eos_token_id
     generation = llm.generation_config
     generation.eos_token_id = sorted({tokenizer.eos_token_id, *_as_list(generation.eos_token_id)})
     generation.pad_token_id = tokenizer.pad_token_id

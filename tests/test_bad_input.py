@@ -166,7 +166,8 @@ def test_stage_one_drops_empty_captions_and_refuses_when_none_is_left(qwen_clip_
 
 def recipe_config(path: Path, **settings) -> Path:
     base = {"use_cpu": True, "bf16": False, "report_to": [], "save_strategy": "no", "max_steps": 1,
-            "per_device_train_batch_size": 2, "dataloader_num_workers": 0, "disable_tqdm": True}
+            "per_device_train_batch_size": 2, "dataloader_num_workers": 0, "disable_tqdm": True,
+            "activation_checkpointing": False}
     path.write_text(yaml.safe_dump({**base, **settings}))
     return path
 

@@ -15,7 +15,8 @@ from training.collator import LangBridgeCollator
 from training.data import load_llava_json, with_lazy_images
 
 CPU = {"use_cpu": True, "bf16": False, "report_to": [], "logging_steps": 1, "save_strategy": "no", "seed": 0,
-       "dataloader_num_workers": 0, "max_length": 160, "disable_tqdm": True, "per_device_train_batch_size": 4}
+       "dataloader_num_workers": 0, "max_length": 160, "disable_tqdm": True, "per_device_train_batch_size": 4,
+       "activation_checkpointing": False}
 
 
 class HeadCalls(TrainerCallback):

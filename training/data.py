@@ -258,6 +258,15 @@ class ImageLoader:
         self.report = report or DataReport()
         self._bad = multiprocessing.Array("b", len(dataset))  # a flag per sample, shared with dataloader workers
 
+    def __getstate__(self) -> dict:
+        """The shared flags travel only to processes being started (dataloader workers); any other pickling, such as
+        `datasets` hashing the transform for the dataset's fingerprint, sees the settings and the rows without them
+        (a shared array cannot be pickled there, and datasets would warn and use a random hash)."""
+        state = dict(self.__dict__)
+        if multiprocessing.context.get_spawning_popen() is None:
+            state["_bad"] = None
+        return state
+
     def __call__(self, batch: dict) -> dict:
         out = {"messages": [], "images": []}
         for position in batch["row"]:

@@ -20,7 +20,7 @@ from .collator import LangBridgeCollator
 from .data import prepare_training_data
 from .models import load_for_stage, lora_config, resolve_model
 from .outputs import check_output_dir, resume_argument
-from .trainer import LangBridgeTrainer
+from .trainer import LangBridgeTrainer, peft_reads_old_checkpointing_name
 
 
 def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args: ModelConfig, callbacks=None):
@@ -82,7 +82,8 @@ def save_merged(base_path: str, adapter_dir: str, processor, use_kernels: bool |
     from transformers import AutoModelForImageTextToText
 
     base = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch.float32, use_kernels=hub_kernels_wanted(use_kernels))
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    with peft_reads_old_checkpointing_name():
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     if dtype not in (None, "auto"):
         merged = merged.to(getattr(torch, dtype))
     out = f"{adapter_dir}/merged"

@@ -2,6 +2,7 @@
 QLoRA, and the data report at the end."""
 
 import json
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,8 +23,10 @@ class LangBridgeTrainer(SFTTrainer):
         training_args = kwargs["args"]
         training_args.remove_unused_columns = False  # the collator needs the messages and images
         training_args.assistant_only_loss = False  # the collator decides what is learned, template or not
-        super().__init__(*args, **kwargs)
+        with peft_reads_old_checkpointing_name():
+            super().__init__(*args, **kwargs)
         self.keep_float32_master_weights()
+        self.tokenizer_state = tokenizer_call_state(self.processing_class)
 
     def keep_float32_master_weights(self) -> None:
         """Trainable parameters in float32, the frozen ones as loaded; the final save casts back to the load dtype.
@@ -56,6 +59,7 @@ class LangBridgeTrainer(SFTTrainer):
             self._final_save = False
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        restore_tokenizer_call_state(self.processing_class, self.tokenizer_state)
         with saved_as_its_own_class(self.accelerator.unwrap_model(self.model)):
             if not getattr(self, "_final_save", False):
                 return super()._save(output_dir, state_dict=state_dict)
@@ -123,6 +127,46 @@ class LangBridgeTrainer(SFTTrainer):
             Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
             (Path(self.args.output_dir) / "data_report.json").write_text(json.dumps(self.data_report.to_dict(), indent=2))
         return summary
+
+
+@contextmanager
+def peft_reads_old_checkpointing_name():
+    """PEFT 0.21 (wrapping a model for LoRA, or loading an adapter) reads `is_gradient_checkpointing`, which
+    transformers 5.25 deprecates with a FutureWarning about PEFT's code, not the recipe's settings: that warning alone
+    is ignored here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
+def _backend(processing_class):
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    return getattr(tokenizer, "_tokenizer", None) if hasattr(tokenizer, "backend_tokenizer") else None
+
+
+def tokenizer_call_state(processing_class) -> tuple | None:
+    """The truncation and padding a fast tokenizer's backend holds (normally none), as loaded."""
+    backend = _backend(processing_class)
+    return None if backend is None else (backend.truncation, backend.padding)
+
+
+def restore_tokenizer_call_state(processing_class, state: tuple | None) -> None:
+    """A fast tokenizer keeps the truncation and padding of its last call (the collator's max_length) in its backend,
+    and `save_pretrained` writes them into tokenizer.json: every later call on the saved folder would default to the
+    recipe's max_length (and warn "`max_length` is ignored when `padding`=`True`"). Put back the state it was loaded
+    with before saving."""
+    backend = _backend(processing_class)
+    if backend is None or state is None:
+        return
+    truncation, padding = state
+    if truncation is None:
+        backend.no_truncation()
+    else:
+        backend.enable_truncation(**truncation)
+    if padding is None:
+        backend.no_padding()
+    else:
+        backend.enable_padding(**padding)
 
 
 @contextmanager
