@@ -7,8 +7,23 @@ import sys
 import tempfile
 from pathlib import Path
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` names every option's default: in its help text, or appended as "(default: X)"."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        nothing = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or nothing or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with its errors on one line: `langbridge CMD: error: ...`, exit status 2."""
+    """argparse with its errors on one line: `langbridge CMD: error: ...`, exit status 2; help shows defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpWithDefaults)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -289,8 +304,15 @@ def interpret_command(args) -> int:
     else:
         reading = read_nearest(model, processor, image, top_k=args.top_k)
     answer = answer_one(model, processor, image, args.prompt) if args.prompt else None
-    title = f"{args.image.name}: top-{args.top_k} tokens by {'coefficient' if method == 'coefficients' else 'cosine similarity'}"
-    draw_overlay(image, reading, args.out, title=title + (f"  |  {args.prompt} -> {answer}" if answer is not None else ""))
+    title = f"{args.image.name}" + (f"\nQ: {args.prompt}\nA: {answer}" if answer is not None else "")
+    legend = (f"Left: the image on its patch grid. Right: each patch's top {args.top_k} shared-vocabulary tokens by "
+              "coefficient, largest first (coefficient in grey): the words its visual token is made of."
+              if method == "coefficients" else
+              f"Left: the image on its patch grid. Right: the {args.top_k} words whose input embeddings are nearest "
+              "to each patch's visual token (cosine similarity in grey).")
+    draw_overlay(image, reading, args.out, title=title, legend=legend)
+    if answer is not None:
+        print(f"Q: {args.prompt}\nA: {answer}")
     tiles = f"; and {reading.tile_grid[0]}x{reading.tile_grid[1]} tiles" if hasattr(reading, "tile_grid") else ""
     print(f"Wrote {args.out} ({reading.grid[0]}x{reading.grid[1]} patches{tiles}, method: {method})")
     if args.json:
@@ -309,13 +331,25 @@ def eval_command(args) -> int:
     for path in output_paths(out):  # before answering anything
         refuse_overwrite(path, args.overwrite)
     records = read_questions(args.data)
+    image_folder = args.image_folder or args.data.parent
+    check_images(records, image_folder, given=args.image_folder is not None)  # before loading the model
     model, processor = load_for_analysis(args.model)
-    result = evaluate(model, processor, records, args.image_folder or args.data.parent, batch_size=args.batch_size,
+    result = evaluate(model, processor, records, image_folder, batch_size=args.batch_size,
                       max_new_tokens=args.max_new_tokens, instruction=args.instruction)
     paths = result.save(out, overwrite=args.overwrite)
     print(result.table())
     print("Wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+def check_images(records: list[dict], image_folder: Path, given: bool) -> None:
+    """Every question's image exists, or the error names the folder looked in and the flag that sets it."""
+    missing = [r for r in records if not (image_folder / r["image"]).exists()]
+    if missing:
+        where = "--image-folder" if given else "the folder of --data, as no --image-folder was given"
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(records)} images are not in {image_folder} ({where}), e.g. {missing[0]['image']} "
+            f"(from {missing[0]['_source']}); give the folder that holds them with --image-folder.")
 
 
 def alignment_command(args) -> int:
@@ -346,13 +380,22 @@ def alignment_command(args) -> int:
 
 def quickstart_command(args) -> int:
     """Build tiny parts locally, compose them, and chat with the folder through the pipeline."""
+    if args.out is None:  # a temporary folder, removed whatever happens
+        with tempfile.TemporaryDirectory(prefix="langbridge-quickstart-") as scratch:
+            code = quickstart_in(Path(scratch), args.seed)
+        print(f"Removed the temporary folder {scratch} (give --out DIR to keep the model)")
+        return code
+    return quickstart_in(args.out, args.seed)
+
+
+def quickstart_in(out: Path, seed: int) -> int:
+    """The quickstart with its parts and model in `out`."""
     import torch
     from transformers import pipeline
 
     from .compose import compose
     from .tiny import random_shapes_image, save_clip_vision, save_qwen2_style_llm
 
-    out = Path(args.out or tempfile.mkdtemp(prefix="langbridge-quickstart-"))
     print(f"Building a tiny CLIP vision tower and a tiny Qwen2-style LLM in {out}/parts ...")
     vision = save_clip_vision(out / "parts" / "clip", full_clip=True)
     llm = save_qwen2_style_llm(out / "parts" / "qwen2")
@@ -363,9 +406,9 @@ def quickstart_command(args) -> int:
     composed.save(out / "model")
 
     print(f"Loading {out / 'model'} with pipeline('image-text-to-text', trust_remote_code=True) ...")
-    torch.manual_seed(args.seed)
+    torch.manual_seed(seed)
     chat = pipeline("image-text-to-text", model=str(out / "model"), trust_remote_code=True)
-    messages = [{"role": "user", "content": [{"type": "image", "image": random_shapes_image(args.seed)},
+    messages = [{"role": "user", "content": [{"type": "image", "image": random_shapes_image(seed)},
                                              {"type": "text", "text": "What colour is the square?"}]}]
     reply = chat(text=messages, max_new_tokens=12, return_full_text=False)[0]["generated_text"]
     print("Q: What colour is the square?")
@@ -388,7 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vision-model", help="path or Hub id (CLIP, SigLIP, ...)")
     p.add_argument("--language-model", help="path or Hub id of a causal LM")
     p.add_argument("--config", type=Path, help="a hub_configs/*.json naming both models and the projector settings")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="folder to save the composed model in")
     p.add_argument("--projector-hidden-size", type=positive_int, help="H (default 5120)")
     vocab = p.add_mutually_exclusive_group()
     vocab.add_argument("--vocab-size", type=positive_int, help="T ordinary tokens of the LLM's tokenizer (default 19200)")
@@ -407,14 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("transfer", help="attach a trained adapter to another LLM, without pretraining again")
     p.add_argument("--adapter", required=True, type=Path, help="an adapter folder (export-adapter, convert-official)")
     p.add_argument("--language-model", required=True, help="path or Hub id of the new causal LM")
-    p.add_argument("--vision-model", help="default: the vision model the adapter records")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--vision-model", help="vision model (default: the one the adapter records)")
+    p.add_argument("--out", required=True, type=Path, help="folder to save the new model in")
     add_transfer_safety(p)
     p.set_defaults(run=transfer_command)
 
     p = commands.add_parser("export-adapter", help="save the projector of a model folder as a portable adapter")
-    p.add_argument("--model", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--model", required=True, type=Path, help="a LangBridge model folder (e.g. a stage-1 output_dir)")
+    p.add_argument("--out", required=True, type=Path, help="folder to save the adapter in")
     p.set_defaults(run=export_adapter_command)
 
     vocab_parser = commands.add_parser("vocab", help="build or inspect shared vocabularies")
@@ -424,14 +467,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", nargs="+", help=".txt (a text per line), .jsonl or LLaVA .json files")
     p.add_argument("--text-field", help="the text field of JSON records (default: LLaVA conversations, messages, text)")
     p.add_argument("--dataset", help="a datasets name or path, streamed")
-    p.add_argument("--column", default="text")
-    p.add_argument("--split", default="train")
+    p.add_argument("--column", default="text", help="with --dataset: the text column")
+    p.add_argument("--split", default="train", help="with --dataset: the split")
     p.add_argument("--size", type=positive_int, required=True, help="T, the number of tokens to keep")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="the vocabulary JSON to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     p.set_defaults(run=vocab_build_command)
     p = vocab_commands.add_parser("inspect", help="show a vocabulary and its coverage on tokenizers")
-    p.add_argument("vocab", type=Path)
+    p.add_argument("vocab", type=Path, help="a shared-vocabulary JSON (langbridge vocab build)")
     p.add_argument("--tokenizer", action="append", help="report coverage on this tokenizer (repeatable)")
     p.set_defaults(run=vocab_inspect_command)
 
@@ -441,32 +484,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vocab", required=True, type=Path, help="its vocabulary JSON (token -> id)")
     p.add_argument("--vocab-matrix", type=Path, help="the official embedding matrix (.pt), if not beside the checkpoint")
     p.add_argument("--vision-model", help="vision tower (default: the checkpoint's mm_vision_tower / CLIP ViT-L/14-336)")
-    p.add_argument("--vision-feature-layer", type=int, default=-2)
+    p.add_argument("--vision-feature-layer", type=int, default=-2, help="the vision tower's layer the projector reads")
     p.add_argument("--vision-feature-select-strategy", choices=["default", "full"], default="default",
                    help="default: patch tokens only, CLS dropped (official); full: keep CLS")
     p.add_argument("--trained-with", help="the LLM the projector was trained with, for the record")
     p.add_argument("--no-tiling", action="store_true",
                    help="convert a LLaVA-NeXT anyres checkpoint for a single view (fewer tokens; not the official numerics)")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path, help="folder to save the adapter (--projector) or model (--checkpoint) in")
     p.set_defaults(run=convert_official_command)
 
     p = commands.add_parser("train", help="run a training recipe (stage 1 pretrain, stage 2 sft) from a YAML config")
-    p.add_argument("stage", choices=["pretrain", "sft"])
+    p.add_argument("stage", choices=["pretrain", "sft"], help="pretrain: stage 1, projector only; sft: stage 2")
     p.add_argument("--config", required=True, type=Path, help="a recipe YAML (see configuration/)")
     p.epilog = "Further flags of SFTConfig, ModelConfig or LangBridgeArguments override the YAML, e.g. --max_steps 10."
     p.set_defaults(run=train_command)
 
-    p = commands.add_parser("demo", help="the paper's transfer experiment in miniature, on one CPU")
+    p = commands.add_parser("demo", help="the paper's transfer experiment in miniature, on one CPU",
+                            description="The paper's transfer experiment in miniature, on one CPU (about 6-8 minutes on "
+                                        "2 cores). Writes report.md (open it first), results.json, plots and overlays to "
+                                        "--out, and the training details to --out/demo.log; finished stages are cached "
+                                        "there and reused by a rerun.")
     p.add_argument("--out", type=Path, default=Path("langbridge-demo"), help="output folder (stages are cached there)")
     p.add_argument("--quick", action="store_true", help="small settings: minutes, a smoke test of the whole path")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the world, the models' initialisation and training")
     p.set_defaults(run=demo_command)
 
     p = commands.add_parser("interpret", help="the vocabulary tokens each image patch is made of, drawn on the image")
-    p.add_argument("image", type=Path)
+    p.add_argument("image", type=Path, help="the image to read")
     p.add_argument("--model", required=True, type=Path, help="a model folder (LangBridge, or LLaVA-style for --method nearest)")
-    p.add_argument("--top-k", type=positive_int, default=3)
-    p.add_argument("--prompt", help="also ask the model this about the image; the answer goes in the title and JSON")
+    p.add_argument("--top-k", type=positive_int, default=3, help="tokens per patch, drawn and written to --json")
+    p.add_argument("--prompt", help="also ask the model this about the image; the answer is printed and goes in the "
+                                    "title and JSON")
     p.add_argument("--method", choices=["coefficients", "nearest"],
                    help="coefficients: exact, LangBridge only (default for it); nearest: cosine similarity to the "
                         "LLM's word embeddings, for any connector (default for others)")
@@ -475,12 +523,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=interpret_command)
 
     p = commands.add_parser("eval", help="VQA accuracy and exact match by generation, per category")
-    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--model", required=True, type=Path, help="a model folder")
     p.add_argument("--data", required=True, type=Path, help='JSONL: {"image", "question", "answers", "kind"?} per line')
-    p.add_argument("--image-folder", type=Path, help="where relative image paths point (default: beside --data)")
-    p.add_argument("--batch-size", type=positive_int, default=16)
-    p.add_argument("--max-new-tokens", type=positive_int, default=16)
-    p.add_argument("--instruction", help='appended to each question, e.g. "Answer the question using a single word or phrase."')
+    p.add_argument("--image-folder", type=Path, help="where relative image paths point (default: the folder of --data)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="questions answered together (left padding)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=16, help="longest answer generated")
+    p.add_argument("--instruction", help='appended to each question, e.g. "Answer the question using a single word or '
+                                         'phrase." (only if the model was trained with it; default: none)')
     p.add_argument("--out", type=Path, help="prefix for predictions.jsonl / scores.json (default: beside --data)")
     p.add_argument("--overwrite", action="store_true", help="replace existing predictions and scores files")
     p.set_defaults(run=eval_command)
@@ -490,13 +539,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model folders in training order, or a training output folder with checkpoint-N folders")
     p.add_argument("--images", required=True, nargs="+", type=Path, help="image files or folders")
     p.add_argument("--captions", type=Path, help="captions per image: LLaVA JSON (image + conversations) or {image: caption}")
-    p.add_argument("--max-images", type=positive_int, default=32)
+    p.add_argument("--max-images", type=positive_int, default=32, help="use at most this many images")
     p.add_argument("--out", required=True, type=Path, help="plot PNG (the figures go beside it as .json)")
     p.set_defaults(run=alignment_command)
 
     p = commands.add_parser("quickstart", help="compose a tiny model from locally built parts and chat with it")
-    p.add_argument("--out", type=Path, help="folder for the parts and the model (default: a temporary folder)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="folder for the parts and the model, kept (default: a temporary folder, "
+                                            "removed at the end)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random image and the generation")
     p.set_defaults(run=quickstart_command)
     return parser
 

@@ -108,36 +108,90 @@ def _reading(coefficients: torch.Tensor, strings: list[str], top_k: int, grid: t
     )
 
 
-def draw_overlay(image: Image.Image, reading: PatchReading | TiledReading, path: str | Path, cell: int = 96, lines: int = 2,
-                 title: str | None = None) -> Path:
-    """The image enlarged, the patch grid over it, and each patch's top tokens written in its cell. A tiled reading
-    draws the base view, and below it the tiles over the image as fitted into its grid resolution (tile borders bold)."""
+def token_label(token: str) -> str:
+    """A token as a person reads it: a word without its leading space, punctuation in quotes, whitespace by name."""
+    text = token.strip()
+    if not text:
+        return "newline" if "\n" in token else "tab" if "\t" in token else "space"
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
+    return text if any(ch.isalnum() for ch in text) else f'"{text}"'
+
+
+def _wrapped(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+    """`text` broken into lines no wider than `width` pixels (a word longer than that gets a line of its own)."""
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split(" "):
+            trial = f"{line} {word}" if line else word
+            if line and draw.textlength(trial, font=font) > width:
+                lines.append(line)
+                line = word
+            else:
+                line = trial
+        lines.append(line)
+    return lines
+
+
+def draw_overlay(image: Image.Image, reading: PatchReading | TiledReading, path: str | Path, cell: int = 120,
+                 lines: int | None = None, title: str | None = None, legend: str | None = None) -> Path:
+    """Two panels side by side: the image enlarged on its patch grid, and the same grid with each patch's top tokens
+    written in its cell (strongest first, its weight in grey), so the words never hide the picture. `title` (e.g.
+    the file, the question and the model's answer) is wrapped above, never cut; `lines` limits the tokens per
+    patch (default: all the reading holds). The grids end at the bottom edge and the image panel starts at x = 0.
+    A tiled reading draws the base view, and below it the tiles over the image as fitted into its grid resolution."""
     if isinstance(reading, TiledReading):
         return _draw_tiled(image, reading, path, cell, lines, title)
     rows, columns = reading.grid
-    width, height = columns * cell, rows * cell
-    top = 28 if title else 0
-    canvas = Image.new("RGB", (width, height + top), "white")
-    canvas.paste(image.convert("RGB").resize((width, height), Image.Resampling.NEAREST), (0, top))
+    width, height, gap = columns * cell, rows * cell, max(12, cell // 6)
+    shown = max(len(t) for t in reading.tokens) if lines is None else lines
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    heading = ImageFont.load_default(size=max(15, min(22, cell // 6)))
+    small = ImageFont.load_default(size=max(12, min(16, cell // 8)))
+    legend = legend or (f"Left: the image on its {rows} x {columns} patch grid. Right: each patch's top {shown} "
+                        "token(s), strongest first, with the weight in grey.")
+    text_lines = [(line, heading, "black") for line in (_wrapped(measure, title, heading, 2 * width + gap - 12) if title else [])]
+    text_lines += [(line, small, (90, 90, 90)) for line in _wrapped(measure, legend, small, 2 * width + gap - 12)]
+    top = 8 + sum(font.size + 6 for _, font, _ in text_lines) + 6
+    canvas = Image.new("RGB", (2 * width + gap, top + height), "white")
+    picture = image.convert("RGB").resize((width, height), Image.Resampling.NEAREST)
+    canvas.paste(picture, (0, top))
     draw = ImageDraw.Draw(canvas, "RGBA")
-    font = ImageFont.load_default(size=max(10, cell // 7))
-    if title:
-        draw.text((6, 6), title, fill="black", font=ImageFont.load_default(size=16))
-    for index, tokens in enumerate(reading.tokens):
+    y = 8
+    for line, font, colour in text_lines:
+        draw.text((6, y), line, fill=colour, font=font)
+        y += font.size + 6
+
+    line_height = (cell - 8) // max(1, shown)
+    size = max(9, min(cell // 6, int(line_height * 0.8)))
+    fonts = {n: ImageFont.load_default(size=n) for n in range(9, size + 1)}
+    weight_font = ImageFont.load_default(size=max(9, min(12, size - 4)))
+    tokens_left = width + gap
+    for index, (tokens, weights) in enumerate(zip(reading.tokens, reading.weights)):
         row, column = divmod(index, columns)
         x, y = column * cell, top + row * cell
-        draw.rectangle([x, y, x + cell - 1, y + cell - 1], outline=(0, 0, 0, 90))
-        for line, token in enumerate(tokens[:lines]):
-            label = repr(token)[1:-1].strip() or "␣"
-            box = draw.textbbox((x + 3, y + 3 + line * (font.size + 4)), label, font=font)
-            draw.rectangle([box[0] - 2, box[1] - 1, box[2] + 2, box[3] + 1], fill=(255, 255, 255, 210))
-            draw.text((x + 3, y + 3 + line * (font.size + 4)), label, fill=(0, 0, 0) if line == 0 else (90, 90, 90), font=font)
+        draw.rectangle([x, y, x + cell - 1, y + cell - 1], outline=(0, 0, 0, 70))
+        mean = picture.crop((x, y - top, x + cell, y - top + cell)).resize((1, 1), Image.Resampling.BOX).getpixel((0, 0))
+        tx = tokens_left + x
+        draw.rectangle([tx, y, tx + cell - 1, y + cell - 1], fill=tuple(int(255 - 0.22 * (255 - c)) for c in mean),
+                       outline=(0, 0, 0, 110))
+        for line, (token, weight) in enumerate(list(zip(tokens, weights))[:shown]):
+            label, value = token_label(token), f"{weight:.2g}"
+            font = fonts[size]
+            while font.size > 9 and draw.textlength(label, font=font) + draw.textlength(value, font=weight_font) + 12 > cell:
+                font = fonts[font.size - 1]
+            ly = y + 4 + line * line_height
+            draw.text((tx + 4, ly), label, fill=(0, 0, 0) if line == 0 else (40, 40, 40), font=font)
+            draw.text((tx + cell - 4 - draw.textlength(value, font=weight_font), ly + font.size - weight_font.size), value,
+                      fill=(110, 110, 110), font=weight_font)
     path = Path(path)
     canvas.save(path)
     return path
 
 
-def _draw_tiled(image: Image.Image, reading: TiledReading, path: str | Path, cell: int, lines: int, title: str | None) -> Path:
+def _draw_tiled(image: Image.Image, reading: TiledReading, path: str | Path, cell: int, lines: int | None,
+                title: str | None) -> Path:
     path = Path(path)
     base = Image.open(draw_overlay(image, reading.base, path, cell, lines, (title + "  |  " if title else "") + "base view"))
     base.load()

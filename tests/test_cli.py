@@ -1,4 +1,7 @@
-from modeling_langbridge.cli import main
+import argparse
+from pathlib import Path
+
+from modeling_langbridge.cli import build_parser, main
 
 
 def test_quickstart_composes_a_folder_and_answers_an_image_prompt(tmp_path, capsys):
@@ -7,3 +10,30 @@ def test_quickstart_composes_a_folder_and_answers_an_image_prompt(tmp_path, caps
     assert "Q: What colour is the square?" in printed and "\nA: '" in printed
     assert (tmp_path / "model" / "model.safetensors").exists()
     assert (tmp_path / "model" / "modeling_langbridge.py").exists()
+
+
+def test_quickstart_without_out_removes_its_temporary_folder(capsys):
+    assert main(["quickstart"]) == 0
+    printed = capsys.readouterr().out
+    folder = Path(printed.split("Removed the temporary folder ")[1].split(" ")[0])
+    assert folder.name.startswith("langbridge-quickstart-") and not folder.exists()
+
+
+def all_parsers(parser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from all_parsers(child)
+
+
+def test_every_option_has_help_and_its_default_shows():
+    for parser in all_parsers(build_parser()):
+        formatter = parser._get_formatter()
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            assert action.help, f"{parser.prog} {action.dest} has no help"
+            if action.option_strings and action.default not in (None, False) and not isinstance(action.default, bool):
+                assert "default" in formatter._get_help_string(action), f"{parser.prog} {action.dest}"
+    assert "(default: 0)" in " ".join(build_parser()._subparsers._group_actions[0].choices["demo"].format_help().split())
