@@ -1,7 +1,10 @@
 """`langbridge demo --quick` end to end: the report's structure (not its numbers), the stage cache, and the
 analysis commands (`interpret`, `alignment`, `eval`) on the models the demo trained."""
 
+import io
 import json
+import re
+from contextlib import redirect_stderr, redirect_stdout
 
 import pytest
 import torch
@@ -15,8 +18,24 @@ from training.world import QUESTION_KINDS
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "run"
-    assert main(["demo", "--quick", "--out", str(out), "--seed", "3"]) == 0
+    console = io.StringIO()  # what a person running it sees: stdout and stderr
+    with redirect_stdout(console), redirect_stderr(console):
+        assert main(["demo", "--quick", "--out", str(out), "--seed", "3"]) == 0
+    (out.parent / "console.txt").write_text(console.getvalue())
     return out
+
+
+def test_the_console_tells_the_story_and_the_log_the_details(demo):
+    printed = (demo.parent / "console.txt").read_text()
+    lines = printed.splitlines()
+    assert len(lines) < 60, printed
+    assert lines[0].startswith(f"[demo] writing to {demo}/") and "demo.log" in lines[0]
+    stages = [line for line in lines if re.match(r"\[demo\] \S+ +\d+ s$", line)]
+    assert len(stages) == 18, printed  # 17 stages and the report, each with its time
+    assert "{'loss'" not in printed and "Warning" not in printed and "Writing model shards" not in printed
+    assert lines[-1].startswith("[demo] done in") and "report.md" in lines[-1]
+    log = (demo / "demo.log").read_text()
+    assert "'loss':" in log and "--- sft/A ---" in log  # the Trainer's logs, by stage
 
 
 def test_quick_demo_writes_a_complete_report_and_reuses_its_stages(demo, capsys):
@@ -49,17 +68,24 @@ def test_quick_demo_writes_a_complete_report_and_reuses_its_stages(demo, capsys)
         assert (out / "scores" / f"{name}_test_predictions.jsonl").exists()
     assert (out / "pretrain" / "B-langbridge-llm1" / "adapter" / "langbridge_adapter.json").exists()
     assert (out / "world" / "train_conversations.json").exists() and (out / "world" / "train_conversations_hf").is_dir()
-    assert set(results["alignment"]) == {"A: LLaVA MLP", "C: LangBridge", "plot"}
+    assert set(results["alignment"]) == {"A: LLaVA MLP", "C: LangBridge", "plot", "chance"}
+    assert 0 < results["alignment"]["chance"] < 1 and "random directions in LLM-2's" in report
     assert [p["step"] for p in results["alignment"]["A: LLaVA MLP"]] == [0, 20, 40]
 
-    # A second run finds every stage done and only rewrites the report.
+    # A second run finds every stage done, keeps the times they were measured in, and only rewrites the report.
+    times = report.split("Stage times (s, each as measured when the stage ran): ")[1].split(". ")[0]
+    assert re.search(rf"Seed 3 \(quick settings\); {results['seconds']:.0f} s on this machine", report)
     assert main(["demo", "--quick", "--out", str(out), "--seed", "3"]) == 0
     second = capsys.readouterr().out
-    assert second.count(": cached") == 17 and " ..." not in second.replace("[demo] done", "")
-    assert json.loads((out / "results.json").read_text())["runs"] == results["runs"]
+    assert second.count(" cached (") == 17 and "s when it ran)" in second
+    rerun = json.loads((out / "results.json").read_text())
+    assert rerun["runs"] == results["runs"] and rerun["stage_seconds"] == results["stage_seconds"]
+    assert rerun["seconds"] == results["seconds"] and len(rerun["cached_stages"]) == 17
+    again = (out / "report.md").read_text()
+    assert times in again and f"; {results['seconds']:.0f} s on this machine" in again and "this rerun reused 17" in again
 
 
-def test_interpret_reads_the_projectors_own_coefficients(demo, tmp_path):
+def test_interpret_reads_the_projectors_own_coefficients(demo, tmp_path, capsys):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model_dir = demo / "sft" / "B"
@@ -69,8 +95,10 @@ def test_interpret_reads_the_projectors_own_coefficients(demo, tmp_path):
                  "--json", str(readout), "--prompt", "How many shapes are there?"]) == 0
     reading = json.loads(readout.read_text())
     assert reading["grid"] == [3, 3] and reading["method"] == "coefficients" and isinstance(reading["answer"], str)
-    with Image.open(overlay) as picture:
-        assert picture.width >= 3 * 96 and picture.height >= 3 * 96
+    assert all(len(tokens) == 3 for tokens in reading["tokens"])
+    assert f"Q: How many shapes are there?\nA: {reading['answer']}\n" in capsys.readouterr().out
+    with Image.open(overlay) as picture:  # image and token panels of 3 x 120 px each, the title and legend above
+        assert picture.width >= 2 * 3 * 120 and picture.height >= 3 * 120 + 60
 
     # The same coefficients, computed here from the weights in float64, not through the package.
     model = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
@@ -131,3 +159,14 @@ def test_eval_writes_predictions_and_scores_them(demo, tmp_path):
     assert scores["by_kind"]["hand"]["count"] == 4
     predictions = [json.loads(line) for line in (tmp_path / "scored_predictions.jsonl").read_text().splitlines()]
     assert [p["vqa_accuracy"] for p in predictions] == pytest.approx([score for _, score in cases])
+
+
+def test_eval_names_the_folder_it_looked_in_for_a_missing_image(demo, tmp_path, capsys):
+    """The demo's questions file without --image-folder: images are looked for beside it, and are not there."""
+    questions = tmp_path / "test_questions.jsonl"
+    questions.write_text((demo / "world" / "test_questions.jsonl").read_text())
+    assert main(["eval", "--model", str(demo / "sft" / "C"), "--data", str(questions)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("langbridge eval: error: ") and len(error.splitlines()) == 1
+    assert f"not in {tmp_path} (the folder of --data, as no --image-folder was given)" in error
+    assert "test_000000.png" in error and "--image-folder" in error

@@ -24,6 +24,8 @@ import torch
 
 from modeling_langbridge.modeling_langbridge import hub_kernels_wanted
 
+from .console import Console
+
 RUNS = {  # name: (connector, LLM, stage 1, description)
     "A": ("llava", "llm2", "pretrain on LLM-2", "LLaVA MLP connector, pretrained on LLM-2"),
     "B": ("langbridge", "llm2", "pretrain on LLM-1, transfer", "LangBridge, pretrained with LLM-1, transferred to LLM-2"),
@@ -89,27 +91,42 @@ SFT = PRETRAIN + ("sft_steps", "sft_lr")
 
 
 class Stages:
-    """Runs each stage once: a finished stage leaves `.done.json` (its settings and results) and is reused."""
+    """Runs each stage once: a finished stage leaves `.done.json` (its settings, results and the seconds it took) and
+    is reused, its time kept as measured. Each stage is one console line; what it prints goes to the log."""
 
-    def __init__(self, out: Path, settings: DemoSettings):
-        self.out, self.settings, self.timings = out, settings, {}
+    def __init__(self, out: Path, settings: DemoSettings, console: Console):
+        self.out, self.settings, self.console = out, settings, console
+        self.timings: dict[str, float | None] = {}  # seconds per stage, as measured when it ran (None: not recorded)
+        self.cached: list[str] = []
 
-    def run(self, name: str, depends_on: tuple[str, ...], work):
+    def advance(self, steps: int = 1) -> None:
+        """Progress of the running stage (its bar on the console)."""
+        self.console.advance(steps)
+
+    def run(self, name: str, depends_on: tuple[str, ...], work, steps: int | None = None):
         folder = self.out / name
         marker = folder / ".done.json"
         fingerprint = self.settings.fingerprint(*depends_on)
         if marker.exists():
             done = json.loads(marker.read_text())
             if done["fingerprint"] == fingerprint:
-                print(f"[demo] {name}: cached")
+                seconds = self.timings[name] = done.get("seconds")
+                self.cached.append(name)
+                when = f"{seconds:.0f} s when it ran" if seconds is not None else "time not recorded"
+                self.console.say(f"[demo] {name:<27} cached ({when})")
                 return done["result"]
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
-        print(f"[demo] {name} ...", flush=True)
         start = time.time()
-        result = work(folder)
-        self.timings[name] = round(time.time() - start, 1)
-        marker.write_text(json.dumps({"fingerprint": fingerprint, "result": result}, indent=1))
+        try:
+            with self.console.quiet(name, steps):
+                result = work(folder)
+        except BaseException:
+            self.console.say(f"[demo] {name:<27} failed after {time.time() - start:.0f} s (details: {self.console.log_path})")
+            raise
+        seconds = self.timings[name] = round(time.time() - start, 1)
+        marker.write_text(json.dumps({"fingerprint": fingerprint, "result": result, "seconds": seconds}, indent=1))
+        self.console.say(f"[demo] {name:<27} {seconds:5.0f} s")
         return result
 
 
@@ -131,8 +148,9 @@ def build_world(stages: Stages, s: DemoSettings) -> dict:
 def build_vision(stages: Stages, s: DemoSettings) -> dict:
     from .vision_encoder import train_vision_encoder
 
-    return stages.run("vision", VISION, lambda folder: train_vision_encoder(folder, image_size=s.image_size, patch_size=s.patch_size, hidden_size=s.vision_hidden,
-                                                                      layers=s.vision_layers, steps=s.vision_steps, seed=s.seed))
+    return stages.run("vision", VISION, lambda folder: train_vision_encoder(
+        folder, image_size=s.image_size, patch_size=s.patch_size, hidden_size=s.vision_hidden, layers=s.vision_layers,
+        steps=s.vision_steps, seed=s.seed, progress=False, on_step=stages.advance), steps=s.vision_steps)
 
 
 def language_texts(s: DemoSettings, tokenizer) -> list[str]:
@@ -191,11 +209,12 @@ def build_llm(stages: Stages, s: DemoSettings, name: str) -> dict:
         else:
             tokenizer = sentencepiece_style_tokenizer(corpus, vocab_size=s.tokenizer_vocab)
             save_llama_style_llm(folder, tokenizer, hidden_size=s.llm2_hidden, num_layers=s.llm2_layers, seed=s.seed)
-        losses = train_causal_lm(folder, language_texts(s, tokenizer), steps=s.text_steps, learning_rate=s.text_lr, seed=s.seed)
+        losses = train_causal_lm(folder, language_texts(s, tokenizer), steps=s.text_steps, learning_rate=s.text_lr, seed=s.seed,
+                                 progress=False, on_step=stages.advance)
         return {"path": str(folder), "first_loss": losses[0], "final_loss": sum(losses[-20:]) / len(losses[-20:]),
                 **reading_check(folder, s)}
 
-    return stages.run(name, LLMS, work)
+    return stages.run(name, LLMS, work, steps=s.text_steps)
 
 
 def build_vocabulary(stages: Stages, s: DemoSettings, llm1: dict, llm2: dict) -> dict:
@@ -237,8 +256,10 @@ def build_connectors(stages: Stages, s: DemoSettings, vision: Path, llm1: dict, 
     return stages.run("composed", COMPOSED, work)
 
 
-def train(recipe_name: str, model_dir: str, data: dict, out: Path, s: DemoSettings) -> dict:
-    """One run of a project recipe with the demo's settings; returns its losses."""
+def train(recipe_name: str, model_dir: str, data: dict, out: Path, s: DemoSettings, on_step=None) -> dict:
+    """One run of a project recipe with the demo's settings; returns its losses. The Trainer prints its log (a loss
+    dict per `logging_steps`) instead of a progress bar; `on_step` is called after every step."""
+    from transformers import TrainerCallback
     from trl import ModelConfig, SFTConfig
 
     from . import pretrain, sft
@@ -253,11 +274,17 @@ def train(recipe_name: str, model_dir: str, data: dict, out: Path, s: DemoSettin
         output_dir=str(out), max_steps=steps,
         learning_rate=s.pretrain_lr if stage1 else s.sft_lr, per_device_train_batch_size=s.batch_size,
         lr_scheduler_type="cosine", warmup_steps=0.05, weight_decay=0.0, max_length=256, seed=s.seed,
-        use_cpu=not torch.cuda.is_available(), bf16=False, gradient_checkpointing=False, **saving,
-        logging_steps=10 if stage1 else 5, report_to=[], dataloader_num_workers=0, disable_tqdm=False,
+        use_cpu=not torch.cuda.is_available(), bf16=False, activation_checkpointing=False, **saving,
+        logging_steps=10 if stage1 else 5, report_to=[], dataloader_num_workers=0, disable_tqdm=True,
     )
     model_args = ModelConfig(model_name_or_path=model_dir, dtype="float32")
-    trainer = (pretrain if stage1 else sft).main(script_args, training_args, model_args)
+
+    class Progress(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if on_step is not None:
+                on_step()
+
+    trainer = (pretrain if stage1 else sft).main(script_args, training_args, model_args, callbacks=[Progress()])
     losses = [(entry["step"], entry["loss"]) for entry in trainer.state.log_history if "loss" in entry]
     (out / "losses.json").write_text(json.dumps(losses))
     return {"path": str(out), "losses": losses}
@@ -268,9 +295,9 @@ def run_experiment(stages: Stages, s: DemoSettings, world: dict, composed: dict,
 
     data = world["train"]
     pretrained = {
-        "A": stages.run("pretrain/A-llava-llm2", PRETRAIN, lambda out: train("pretrain", composed["llava-llm2"], data, out, s)),
-        "B": stages.run("pretrain/B-langbridge-llm1", PRETRAIN, lambda out: train("pretrain", composed["langbridge-llm1"], data, out, s)),
-        "C": stages.run("pretrain/C-langbridge-llm2", PRETRAIN, lambda out: train("pretrain", composed["langbridge-llm2"], data, out, s)),
+        run: stages.run(f"pretrain/{run}-{start}", PRETRAIN, steps=s.pretrain_steps,
+                        work=lambda out, start=start: train("pretrain", composed[start], data, out, s, stages.advance))
+        for run, start in (("A", "llava-llm2"), ("B", "langbridge-llm1"), ("C", "langbridge-llm2"))
     }
 
     def move_to_llm2(folder):
@@ -282,7 +309,8 @@ def run_experiment(stages: Stages, s: DemoSettings, world: dict, composed: dict,
     transferred = stages.run("transfer/B-llm1-to-llm2", PRETRAIN, move_to_llm2)
     starts = {"A": pretrained["A"]["path"], "B": transferred["path"], "C": pretrained["C"]["path"],
               "D-llava": composed["llava-llm2"], "D-langbridge": composed["langbridge-llm2"]}
-    finetuned = {name: stages.run(f"sft/{name}", SFT, lambda out, start=start: train("sft", start, data, out, s))
+    finetuned = {name: stages.run(f"sft/{name}", SFT, lambda out, start=start: train("sft", start, data, out, s, stages.advance),
+                                  steps=s.sft_steps)
                  for name, start in starts.items()}
     return {"pretrained": pretrained, "transferred": transferred, "finetuned": finetuned}
 
@@ -306,12 +334,13 @@ def score(stages: Stages, world: dict, finetuned: dict) -> dict:
             results[name] = {}
             for split in ("validation", "test"):
                 evaluation = evaluate(model, processor, read_questions(world[split]["questions"]), world[split]["images"],
-                                      batch_size=64, max_new_tokens=4)
+                                      batch_size=64, max_new_tokens=4, progress=False)
                 results[name][split] = evaluation.to_dict()
                 evaluation.save(folder / f"{name}_{split}")
+                stages.advance()
         return results
 
-    return stages.run("scores", SFT, work)
+    return stages.run("scores", SFT, work, steps=2 * len(finetuned))
 
 
 def alignment(stages: Stages, world: dict, composed: dict, experiment: dict, images: int = 16) -> dict:
@@ -331,44 +360,77 @@ def alignment(stages: Stages, world: dict, composed: dict, experiment: dict, ima
             points = alignment_curve(checkpoints, pictures, [captions[n] for n in names], progress=False)
             points[0].step = 0  # the untrained, composed model
             series[label] = points
+            stages.advance()
         plot_alignment(series, folder / "alignment.png", title="Stage 1 on LLM-2: visual tokens vs. word embeddings")
-        return {label: [asdict(p) for p in points] for label, points in series.items()} | {"plot": str(folder / "alignment.png")}
+        return ({label: [asdict(p) for p in points] for label, points in series.items()}
+                | {"plot": str(folder / "alignment.png"), "chance": chance_top1_cosine(composed["langbridge-llm2"])})
 
-    return stages.run("alignment", PRETRAIN, work)
+    return stages.run("alignment", PRETRAIN, work, steps=2)
+
+
+def chance_top1_cosine(model_dir: str, samples: int = 4096) -> float:
+    """The mean top-1 cosine of random directions to the LLM's words (the alignment measure's chance level): in a
+    narrow embedding space a random vector already has a fairly close word."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from modeling_langbridge.alignment import NearestWords, nearest_tokens
+
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, use_kernels=hub_kernels_wanted())
+    words = NearestWords(model, AutoProcessor.from_pretrained(model_dir).tokenizer)
+    directions = torch.randn(samples, words.embeddings.shape[1], generator=torch.Generator().manual_seed(0))
+    return nearest_tokens(directions, words.embeddings, top_k=1)[0].mean().item()
 
 
 def main(out: str | Path = "langbridge-demo", quick: bool = False, seed: int = 0) -> Path:
-    from .report import write_report
+    """Run (or reuse) every stage, then write results.json and report.md. The console gets a line per stage; the
+    rest goes to `demo.log` in `out`."""
+    from .report import ORDER, write_report
 
     out = Path(out)
     settings = DemoSettings.quick(seed) if quick else DemoSettings(seed=seed)
     out.mkdir(parents=True, exist_ok=True)
+    console = Console(out / "demo.log")
+    console.say(f"[demo] writing to {out}/ (open report.md there when done; training details go to {console.log_path})")
     previous = out / "settings.json"
     if previous.exists() and json.loads(previous.read_text()) != asdict(settings):
-        print(f"[demo] {out} holds a run with other settings: its stages are redone where they differ")
+        console.say(f"[demo] {out} holds a run with other settings: its stages are redone where they differ")
     previous.write_text(json.dumps(asdict(settings), indent=1))
     start = time.time()
-    stages = Stages(out, settings)
+    stages = Stages(out, settings, console)
+    try:
+        world = build_world(stages, settings)
+        vision = build_vision(stages, settings)
+        llm1, llm2 = build_llm(stages, settings, "llm1"), build_llm(stages, settings, "llm2")
+        vocabulary = build_vocabulary(stages, settings, llm1, llm2)
+        composed = build_connectors(stages, settings, out / "vision", llm1, llm2, vocabulary)
+        experiment = run_experiment(stages, settings, world, composed, llm2)
+        scores = score(stages, world, experiment["finetuned"])
+        aligned = alignment(stages, world, composed, experiment)
 
-    world = build_world(stages, settings)
-    vision = build_vision(stages, settings)
-    llm1, llm2 = build_llm(stages, settings, "llm1"), build_llm(stages, settings, "llm2")
-    vocabulary = build_vocabulary(stages, settings, llm1, llm2)
-    composed = build_connectors(stages, settings, out / "vision", llm1, llm2, vocabulary)
-    experiment = run_experiment(stages, settings, world, composed, llm2)
-    scores = score(stages, world, experiment["finetuned"])
-    aligned = alignment(stages, world, composed, experiment)
+        measured = [t for t in stages.timings.values() if t is not None]
+        results = {
+            "settings": asdict(settings), "seed": seed, "quick": quick, "vision": vision,
+            "llms": {"llm1": llm1, "llm2": llm2}, "vocabulary": vocabulary, "transfer": experiment["transferred"],
+            "runs": {name: {"description": RUNS[name][3], "stage1": RUNS[name][2], "scores": scores[name]} for name in RUNS},
+            "losses": {"pretrain": {k: v["losses"] for k, v in experiment["pretrained"].items()},
+                       "sft": {k: v["losses"] for k, v in experiment["finetuned"].items()}},
+            "alignment": aligned,
+            # The stages' times as measured when each ran (a cached stage keeps its own), and this run's wall time.
+            "seconds": round(sum(measured), 1), "stage_seconds": stages.timings, "cached_stages": stages.cached,
+            "run_seconds": round(time.time() - start, 1),
+        }
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+        report_start = time.time()
+        with console.quiet("report"):
+            write_report(out, results, experiment)
+        console.say(f"[demo] {'report':<27} {time.time() - report_start:5.0f} s")
+    finally:
+        console.close()
 
-    results = {
-        "settings": asdict(settings), "seed": seed, "quick": quick, "vision": vision,
-        "llms": {"llm1": llm1, "llm2": llm2}, "vocabulary": vocabulary, "transfer": experiment["transferred"],
-        "runs": {name: {"description": RUNS[name][3], "stage1": RUNS[name][2], "scores": scores[name]} for name in RUNS},
-        "losses": {"pretrain": {k: v["losses"] for k, v in experiment["pretrained"].items()},
-                   "sft": {k: v["losses"] for k, v in experiment["finetuned"].items()}},
-        "alignment": aligned, "seconds": round(time.time() - start, 1), "stage_seconds": stages.timings,
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=1))
-    write_report(out, results, experiment)
-    print(f"[demo] done in {results['seconds']:.0f} s: {out / 'report.md'}")
+    overall = {name: 100 * scores[name]["test"]["overall"]["vqa_accuracy"] for name in ORDER}
+    console.say("[demo] test accuracy, overall (% of A): " + ", ".join(
+        f"{name} {overall[name]:.1f}" + (f" ({100 * overall[name] / overall['A']:.0f}%)" if name != "A" and overall["A"] else "")
+        for name in ORDER))
+    console.say(f"[demo] done in {time.time() - start:.0f} s" + (f" ({len(stages.cached)} stages reused)" if stages.cached else "")
+                + f". Open {out / 'report.md'} first.")
     return out
-

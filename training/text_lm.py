@@ -28,8 +28,9 @@ def packed_blocks(token_lists: list[list[int]], eos_id: int, block_size: int, rn
 
 
 def train_causal_lm(folder: str | Path, texts: list[str], steps: int = 300, batch_size: int = 16, block_size: int = 64,
-                    learning_rate: float = 3e-3, seed: int = 0, progress: bool = True) -> list[float]:
-    """Train the LM saved in `folder` on `texts` and save it back. Returns the loss of every step."""
+                    learning_rate: float = 3e-3, seed: int = 0, progress: bool = True, on_step=None) -> list[float]:
+    """Train the LM saved in `folder` on `texts` and save it back. Returns the loss of every step. `progress` shows a
+    bar; `on_step`, if given, is called after every step (the demo's own bar)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -49,6 +50,8 @@ def train_causal_lm(folder: str | Path, texts: list[str], steps: int = 300, batc
         schedule.step()
         optimizer.zero_grad()
         losses.append(loss.item())
+        if on_step is not None:
+            on_step()
     model.save_pretrained(folder)
     return losses
 

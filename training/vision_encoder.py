@@ -27,8 +27,9 @@ def patch_labels(scene, grid: int) -> list[int]:
 
 def train_vision_encoder(folder: str | Path, *, image_size: int = 64, patch_size: int = 8, hidden_size: int = 64,
                          layers: int = 4, steps: int = 400, batch_size: int = 32, learning_rate: float = 2e-3,
-                         seed: int = 0, progress: bool = True) -> dict:
-    """Train the encoder on freshly rendered scenes (a stream: no image is seen twice) and save it.
+                         seed: int = 0, progress: bool = True, on_step=None) -> dict:
+    """Train the encoder on freshly rendered scenes (a stream: no image is seen twice) and save it. `progress` shows
+    a bar; `on_step`, if given, is called after every step.
 
     Returns the accuracy of the patch predictions on 256 unseen scenes.
     """
@@ -63,6 +64,8 @@ def train_vision_encoder(folder: str | Path, *, image_size: int = 64, patch_size
         optimizer.step()
         schedule.step()
         optimizer.zero_grad()
+        if on_step is not None:
+            on_step()
 
     encoder.eval()
     with torch.no_grad():
