@@ -110,7 +110,8 @@ def timing(results: dict) -> str:
     cached = results.get("cached_stages", [])
     text = f"{results['seconds']:.0f} s on this machine (the stages' times, each measured when it ran"
     if cached:
-        text += f"; this rerun reused {len(cached)} finished stage{'s' if len(cached) > 1 else ''} and took {results['run_seconds']:.0f} s"
+        took = f"{results['run_seconds']:.0f} s" if results["run_seconds"] >= 1 else "under a second"
+        text += f"; this rerun reused {len(cached)} finished stage{'s' if len(cached) > 1 else ''} and took {took}"
     return text + ")"
 
 
