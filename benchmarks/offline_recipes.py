@@ -57,7 +57,7 @@ def run(name: str, settings: dict, model_dir: Path, data: dict, work: Path, step
     config.write_text(yaml.safe_dump({
         "model_name_or_path": str(model_dir), "dataset": str(data[settings.pop("data")]), "image_folder": str(data["images"]),
         "output_dir": str(out), "max_steps": steps, "per_device_train_batch_size": 4, "bf16": torch.cuda.is_available(),
-        "use_cpu": not torch.cuda.is_available(), "gradient_checkpointing": True, "report_to": [], "logging_steps": 1,
+        "use_cpu": not torch.cuda.is_available(), "activation_checkpointing": True, "report_to": [], "logging_steps": 1,
         "save_strategy": "no", "max_length": 160, "disable_tqdm": True, **settings,
     }))
     args = TrlParser((LangBridgeArguments, SFTConfig, ModelConfig)).parse_args_and_config(["--config", str(config)])
