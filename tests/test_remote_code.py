@@ -111,6 +111,13 @@ def test_folder_loads_and_generates_without_the_package(shipped_folder, tmp_path
     assert len(report["batch_replies"]) == 2
 
     # The remote copy computes exactly what the installed package computes.
+    local, prompt_length = generate_locally(folder, images / "rgb.png")
+    assert report["generated"] == local.tolist()
+    assert len(local[0]) > prompt_length
+
+
+def generate_locally(folder, image_path):
+    """What the installed package generates for the remote-code script's first question: (tokens, prompt length)."""
     from PIL import Image
 
     model = AutoModelForImageTextToText.from_pretrained(folder).eval()
@@ -119,8 +126,6 @@ def test_folder_loads_and_generates_without_the_package(shipped_folder, tmp_path
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the star?"}]}],
         add_generation_prompt=True,
     )
-    inputs = processor(images=[Image.open(images / "rgb.png")], text=[text], return_tensors="pt")
+    inputs = processor(images=[Image.open(image_path)], text=[text], return_tensors="pt")
     with torch.no_grad():
-        local = model.generate(**inputs, max_new_tokens=6, do_sample=False)
-    assert report["generated"] == local.tolist()
-    assert len(local[0]) > inputs["input_ids"].shape[1]
+        return model.generate(**inputs, max_new_tokens=6, do_sample=False), inputs["input_ids"].shape[1]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 from test_convert_official import official_parts, write_official_checkpoint  # noqa: F401 (a fixture)
-from test_remote_code import REMOTE_SCRIPT
+from test_remote_code import REMOTE_SCRIPT, generate_locally
 from test_training import run_recipe, write_config
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
@@ -247,15 +247,7 @@ def test_a_tiled_folder_loads_and_generates_without_the_package(tiled_dir, tmp_p
     assert all(module.startswith("transformers_modules") for module in report["classes"]), report["classes"]
     assert len(report["batch_replies"]) == 2
 
-    model = AutoModelForImageTextToText.from_pretrained(tiled_dir).eval()
-    processor = AutoProcessor.from_pretrained(tiled_dir)
-    text = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the star?"}]}],
-        add_generation_prompt=True,
-    )
-    inputs = processor(images=[Image.open(images / "rgb.png")], text=[text], return_tensors="pt")
-    with torch.no_grad():
-        local = model.generate(**inputs, max_new_tokens=6, do_sample=False)
+    local, _ = generate_locally(tiled_dir, images / "rgb.png")
     assert report["generated"] == local.tolist()  # the remote copy tiles exactly as the package does
 
 
