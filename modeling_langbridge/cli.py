@@ -246,9 +246,14 @@ def train_command(args) -> int:
 
 
 def demo_command(args) -> int:
+    if args.study:
+        from training.study import run_study
+
+        run_study(args.out or Path("langbridge-study"), seeds=args.seeds, quick=args.quick)
+        return 0
     from training.demo import main as run_demo
 
-    run_demo(args.out, quick=args.quick, seed=args.seed)
+    run_demo(args.out or Path("langbridge-demo"), quick=args.quick, seed=args.seed, coefficient_activation=args.coefficient_activation)
     return 0
 
 
@@ -499,14 +504,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.epilog = "Further flags of SFTConfig, ModelConfig or LangBridgeArguments override the YAML, e.g. --max_steps 10."
     p.set_defaults(run=train_command)
 
+    from training.demo import DemoSettings
+    from training.study import ACTIVATIONS, DEFAULT_SEEDS
+
     p = commands.add_parser("demo", help="the paper's transfer experiment in miniature, on one CPU",
                             description="The paper's transfer experiment in miniature, on one CPU (about 6-8 minutes on "
                                         "2 cores). Writes report.md (open it first), results.json, plots and overlays to "
                                         "--out, and the training details to --out/demo.log; finished stages are cached "
                                         "there and reused by a rerun.")
-    p.add_argument("--out", type=Path, default=Path("langbridge-demo"), help="output folder (stages are cached there)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder, stages cached there (default: langbridge-demo, or langbridge-study with --study)")
     p.add_argument("--quick", action="store_true", help="small settings: minutes, a smoke test of the whole path")
     p.add_argument("--seed", type=int, default=0, help="seed of the world, the models' initialisation and training")
+    p.add_argument("--coefficient-activation", "--coefficients", choices=ACTIVATIONS, default=DemoSettings.coefficient_activation,
+                   help="LangBridge's coefficient activation: none (raw logits, the official code) or softmax (the paper)")
+    p.add_argument("--study", action="store_true",
+                   help="run every --seeds seed with both activations and summarise them (summary.md; resumable)")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS), help="the study's seeds")
     p.set_defaults(run=demo_command)
 
     p = commands.add_parser("interpret", help="the vocabulary tokens each image patch is made of, drawn on the image")

@@ -81,6 +81,10 @@ def prepare_tokenizer(tokenizer, chat: ChatFormat | None = None) -> tuple[ChatFo
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
         notes.append(f"pad token set to {tokenizer.pad_token}")
     tokenizer.chat_template = chat.template
+    # Saved for generation, as llava-hf's checkpoints are: batched generation continues from the right edge (the
+    # pipeline of transformers 5.24 keeps whatever the tokenizer says). The training collator pads right itself.
+    # save_pretrained writes the init arguments, not the attribute.
+    tokenizer.padding_side = tokenizer.init_kwargs["padding_side"] = "left"
     notes.append(f"chat template: {chat.name}")
     return chat, notes
 

@@ -31,7 +31,7 @@ def test_the_console_tells_the_story_and_the_log_the_details(demo):
     assert len(lines) < 60, printed
     assert lines[0].startswith(f"[demo] writing to {demo}/") and "demo.log" in lines[0]
     stages = [line for line in lines if re.match(r"\[demo\] \S+ +\d+ s$", line)]
-    assert len(stages) == 18, printed  # 17 stages and the report, each with its time
+    assert len(stages) == 27, printed  # 26 stages and the report, each with its time
     assert "{'loss'" not in printed and "Warning" not in printed and "Writing model shards" not in printed
     assert lines[-1].startswith("[demo] done in") and "report.md" in lines[-1]
     log = (demo / "demo.log").read_text()
@@ -56,39 +56,48 @@ def test_quick_demo_writes_a_complete_report_and_reuses_its_stages(demo, capsys)
     report = (out / "report.md").read_text()
     for section in ("## Test accuracy (%)", "## The parts", "## Validation accuracy (%)", "## Training curves",
                     "Seed 3 (quick settings)", "![training curves](curves.png)", "![token overlay](overlay.png)",
-                    "![alignment](alignment/alignment.png)", "![nearest words, LLaVA](overlay_llava.png)"):
+                    "![alignment](alignment/none/alignment.png)", "## Transfer before SFT: stage-1 captions (%)", "![nearest words, LLaVA](overlay_llava.png)"):
         assert section in report, section
     section = report.split("## Test accuracy (%)")[1].split("\n## ")[0]
     table = [line for line in section.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + 5 and "% of A" in table[0] and "| A | " in table[1] and "100%" in table[1]
-    for picture in ("curves.png", "overlay.png", "overlay_llava.png", "alignment/alignment.png"):
+    for picture in ("curves.png", "overlay.png", "overlay_llava.png", "alignment/none/alignment.png"):
         with Image.open(out / picture) as image:
             assert image.width > 300 and image.height > 200
     for name in results["runs"]:
-        assert (out / "scores" / f"{name}_test_predictions.jsonl").exists()
-    assert (out / "pretrain" / "B-langbridge-llm1" / "adapter" / "langbridge_adapter.json").exists()
+        assert (out / "scores" / (name if name in ("A", "D-llava") else f"{name}-none") / "test_predictions.jsonl").exists()
+    assert (out / "pretrain" / "B-none" / "adapter" / "langbridge_adapter.json").exists()
     assert (out / "world" / "train_conversations.json").exists() and (out / "world" / "train_conversations_hf").is_dir()
     assert set(results["alignment"]) == {"A: LLaVA MLP", "C: LangBridge", "plot", "chance"}
     assert 0 < results["alignment"]["chance"] < 1 and "random directions in LLM-2's" in report
     assert [p["step"] for p in results["alignment"]["A: LLaVA MLP"]] == [0, 20, 40]
+    before_sft = results["captions_before_sft"]  # the transfer measure: stage-1 captions, no SFT
+    assert list(before_sft) == ["A on LLM-2", "B on LLM-1", "B on LLM-2 (transferred)", "C on LLM-2"]
+    for splits in before_sft.values():
+        assert splits["test"]["images"] == results["settings"]["test_scenes"]
+        assert set(splits["test"]) == {"count", "colour", "shape", "column", "exact", "images"}
+        assert 0 <= splits["test"]["exact"] <= min(splits["test"][k] for k in ("count", "colour", "shape", "column")) <= 1
+    captions = report.split("## Transfer before SFT")[1].split("\n## ")[0]
+    assert sum(line.startswith("| B on LLM-") for line in captions.splitlines()) == 2
 
     # A second run finds every stage done, keeps the times they were measured in, and only rewrites the report.
     times = report.split("Stage times (s, each as measured when the stage ran): ")[1].split(". ")[0]
-    assert re.search(rf"Seed 3 \(quick settings\); {results['seconds']:.0f} s on this machine", report)
+    assert re.search(rf"Seed 3 \(quick settings\); LangBridge coefficients: raw logits [^;]*; {results['seconds']:.0f} s on this "
+                     "machine", report)
     assert main(["demo", "--quick", "--out", str(out), "--seed", "3"]) == 0
     second = capsys.readouterr().out
-    assert second.count(" cached (") == 17 and "s when it ran)" in second
+    assert second.count(" cached (") == 26 and "s when it ran)" in second
     rerun = json.loads((out / "results.json").read_text())
     assert rerun["runs"] == results["runs"] and rerun["stage_seconds"] == results["stage_seconds"]
-    assert rerun["seconds"] == results["seconds"] and len(rerun["cached_stages"]) == 17
+    assert rerun["seconds"] == results["seconds"] and len(rerun["cached_stages"]) == 26
     again = (out / "report.md").read_text()
-    assert times in again and f"; {results['seconds']:.0f} s on this machine" in again and "this rerun reused 17" in again
+    assert times in again and f"; {results['seconds']:.0f} s on this machine" in again and "this rerun reused 26" in again
 
 
 def test_interpret_reads_the_projectors_own_coefficients(demo, tmp_path, capsys):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    model_dir = demo / "sft" / "B"
+    model_dir = demo / "sft" / "B-none"
     image_path = sorted((demo / "world" / "images").glob("test_*.png"))[0]
     overlay, readout = tmp_path / "overlay.png", tmp_path / "reading.json"
     assert main(["interpret", str(image_path), "--model", str(model_dir), "--top-k", "3", "--out", str(overlay),
@@ -122,7 +131,7 @@ def test_alignment_plots_the_llava_runs_checkpoints(demo, tmp_path):
     plot = tmp_path / "alignment.png"
     world = demo / "world"
     images = [str(p) for p in sorted((world / "images").glob("test_*.png"))[:6]]
-    assert main(["alignment", "--checkpoints", str(demo / "pretrain" / "A-llava-llm2"), "--images", *images,
+    assert main(["alignment", "--checkpoints", str(demo / "pretrain" / "A"), "--images", *images,
                  "--captions", str(world / "test_captions.json"), "--out", str(plot)]) == 0
     points = json.loads(plot.with_suffix(".json").read_text())
     assert [p["step"] for p in points] == [20, 40, 40]  # two checkpoints, then the finished run
@@ -165,8 +174,52 @@ def test_eval_names_the_folder_it_looked_in_for_a_missing_image(demo, tmp_path, 
     """The demo's questions file without --image-folder: images are looked for beside it, and are not there."""
     questions = tmp_path / "test_questions.jsonl"
     questions.write_text((demo / "world" / "test_questions.jsonl").read_text())
-    assert main(["eval", "--model", str(demo / "sft" / "C"), "--data", str(questions)]) == 2
+    assert main(["eval", "--model", str(demo / "sft" / "C-none"), "--data", str(questions)]) == 2
     error = capsys.readouterr().err
     assert error.startswith("langbridge eval: error: ") and len(error.splitlines()) == 1
     assert f"not in {tmp_path} (the folder of --data, as no --image-folder was given)" in error
     assert "test_000000.png" in error and "--image-folder" in error
+
+
+@pytest.mark.slow
+def test_the_study_caches_each_run_and_summarises_every_seed(demo, tmp_path, capsys):
+    import shutil
+
+    study = tmp_path / "study"
+    shutil.copytree(demo, study / "seed-3")  # the fixture's quick seed-3 run: the study reuses its stages
+    command = ["demo", "--study", "--quick", "--seeds", "3", "4", "--out", str(study)]
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    assert "[study] 1/4 seed 3, none" in printed and "[study] 4/4 seed 4, softmax, about" in printed
+    assert "[study] 4 runs summarised" in printed
+    summary = json.loads((study / "summary.json").read_text())
+    assert summary["seeds"] == [3, 4] and set(summary["activations"]) == {"none", "softmax"}
+    for activation, part in summary["activations"].items():
+        settings = json.loads((study / "seed-4" / activation / "results.json").read_text())["settings"]
+        assert settings["coefficient_activation"] == activation and settings["seed"] == 4
+        for split in ("validation", "test"):
+            assert set(part["per_seed"][split]) == {"3", "4"}
+            for seed in ("3", "4"):
+                assert set(part["per_seed"][split][seed]) == {"A", "B", "C", "D-llava", "D-langbridge"}
+                assert part["per_seed"][split][seed]["A"]["of_a"] == 1
+            statistics = part["statistics"][split]["B"]["accuracy"]
+            assert statistics["min"] <= statistics["mean"] <= statistics["max"]
+            assert statistics["spread"] == pytest.approx(statistics["max"] - statistics["min"])
+        assert set(part["captions_before_sft"]["4"]) == {"A on LLM-2", "B on LLM-1", "B on LLM-2 (transferred)", "C on LLM-2"}
+    # LLaVA's runs do not depend on LangBridge's activation: both activations share them, trained once.
+    for activation in ("none", "softmax"):
+        runs = json.loads((study / "seed-4" / activation / "results.json").read_text())["runs"]
+        assert runs["A"]["path"].endswith("sft/A") and runs["B"]["path"].endswith(f"sft/B-{activation}")
+    text = (study / "summary.md").read_text()
+    assert text.count("## Coefficients: ") == 2 and text.count("\n| 3 | ") == 6 and text.count("\n| 4 | ") == 6
+    with Image.open(study / "study.png") as image:
+        assert image.width > 500
+    for seed in (3, 4):
+        for activation in ("none", "softmax"):
+            assert (study / f"seed-{seed}" / activation / "report.md").exists()
+
+    # Resumed: every (seed, activation) is found finished, nothing is trained again.
+    finished = (study / "seed-4" / "softmax" / "results.json").stat().st_mtime
+    assert main(command) == 0
+    assert capsys.readouterr().out.count(": cached") == 4
+    assert (study / "seed-4" / "softmax" / "results.json").stat().st_mtime == finished

@@ -195,7 +195,7 @@ def test_a_tiled_model_answers_through_the_pipeline_with_the_processors_counts(t
     # Several images of different sizes in one batch: their views one after another, each image its own count.
     images = [picture(w, h, seed=n) for n, (w, h) in enumerate(SIZES[:3])]
     batch = processor(images=[[images[0]], [images[1], images[2]]], text=["<image> a", "<image> b <image> c"],
-                      padding=True, return_tensors="pt")
+                      padding=True, padding_side="right", return_tensors="pt")  # the shorter row's logits come first
     views = [processor.num_image_views(h, w) for w, h in SIZES[:3]]
     assert views == [3, 3, 5] and batch["pixel_values"].shape[0] == sum(views)
     assert processor._get_num_multimodal_tokens(image_sizes=[(h, w) for w, h in SIZES[:3]]).num_image_patches == views

@@ -67,10 +67,13 @@ class DemoSettings:
     sft_steps: int = 25
     sft_lr: float = 5e-4
     batch_size: int = 16
+    # LangBridge's coefficient activation: "none" (raw logits, the official code) or "softmax" (the paper's text).
+    # Stages that involve a LangBridge connector are kept per activation, so both can share one output folder.
+    coefficient_activation: str = "none"
 
     @classmethod
-    def quick(cls, seed: int = 0) -> "DemoSettings":
-        return cls(seed=seed, train_scenes=400, validation_scenes=30, test_scenes=60, vision_steps=100, text_steps=150,
+    def quick(cls, seed: int = 0, coefficient_activation: str = "none") -> "DemoSettings":
+        return cls(seed=seed, coefficient_activation=coefficient_activation, train_scenes=400, validation_scenes=30, test_scenes=60, vision_steps=100, text_steps=150,
                    shared_vocab_size=128, projector_hidden=64, pretrain_steps=40, pretrain_checkpoints=2, sft_steps=40,
                    llm2_hidden=64, llm2_layers=2)
 
@@ -88,6 +91,14 @@ VOCABULARY = LLMS + ("shared_vocab_size",)
 COMPOSED = VISION + VOCABULARY + ("projector_hidden",)
 PRETRAIN = WORLD + COMPOSED + ("pretrain_steps", "pretrain_lr", "pretrain_checkpoints", "batch_size")
 SFT = PRETRAIN + ("sft_steps", "sft_lr")
+LANGBRIDGE = ("coefficient_activation",)  # added to a stage's dependencies when it trains or reads a LangBridge connector
+
+
+def run_stage(s: DemoSettings, run: str, kind: str, depends_on: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """The stage's name and dependencies for one of RUNS: LangBridge runs are kept per coefficient activation."""
+    if RUNS[run][0] == "langbridge":
+        return f"{kind}/{run}-{s.coefficient_activation}", depends_on + LANGBRIDGE
+    return f"{kind}/{run}", depends_on
 
 
 class Stages:
@@ -244,16 +255,23 @@ def build_connectors(stages: Stages, s: DemoSettings, vision: Path, llm1: dict, 
     """The untrained models: LangBridge on each LLM (same shared vocabulary) and LLaVA on LLM-2."""
     from modeling_langbridge.compose import compose, compose_llava
 
-    def work(folder):
+    def llava(folder):
         torch.manual_seed(s.seed)
-        compose(str(vision), llm1["path"], projector_hidden_size=s.projector_hidden, vocab=vocabulary["path"]).save(folder / "langbridge-llm1")
-        torch.manual_seed(s.seed)
-        compose(str(vision), llm2["path"], projector_hidden_size=s.projector_hidden, vocab=vocabulary["path"]).save(folder / "langbridge-llm2")
-        torch.manual_seed(s.seed)
-        compose_llava(str(vision), llm2["path"]).save(folder / "llava-llm2")
-        return {name: str(folder / name) for name in ("langbridge-llm1", "langbridge-llm2", "llava-llm2")}
+        shutil.rmtree(folder)
+        compose_llava(str(vision), llm2["path"]).save(folder)
+        return {"llava-llm2": str(folder)}
 
-    return stages.run("composed", COMPOSED, work)
+    def langbridge(folder):
+        paths = {}
+        for name, llm in (("langbridge-llm1", llm1), ("langbridge-llm2", llm2)):
+            torch.manual_seed(s.seed)
+            compose(str(vision), llm["path"], projector_hidden_size=s.projector_hidden, vocab=vocabulary["path"],
+                    coefficients=s.coefficient_activation).save(folder / name)
+            paths[name] = str(folder / name)
+        return paths
+
+    return stages.run("composed/llava", COMPOSED, llava) | stages.run(f"composed/langbridge-{s.coefficient_activation}",
+                                                                      COMPOSED + LANGBRIDGE, langbridge)
 
 
 def train(recipe_name: str, model_dir: str, data: dict, out: Path, s: DemoSettings, on_step=None) -> dict:
@@ -294,11 +312,11 @@ def run_experiment(stages: Stages, s: DemoSettings, world: dict, composed: dict,
     from modeling_langbridge.transfer import transfer
 
     data = world["train"]
-    pretrained = {
-        run: stages.run(f"pretrain/{run}-{start}", PRETRAIN, steps=s.pretrain_steps,
-                        work=lambda out, start=start: train("pretrain", composed[start], data, out, s, stages.advance))
-        for run, start in (("A", "llava-llm2"), ("B", "langbridge-llm1"), ("C", "langbridge-llm2"))
-    }
+    pretrained = {}
+    for run, start in (("A", "llava-llm2"), ("B", "langbridge-llm1"), ("C", "langbridge-llm2")):
+        name, depends_on = run_stage(s, run, "pretrain", PRETRAIN)
+        pretrained[run] = stages.run(name, depends_on, steps=s.pretrain_steps,
+                                     work=lambda out, start=start: train("pretrain", composed[start], data, out, s, stages.advance))
 
     def move_to_llm2(folder):
         moved = transfer(Path(pretrained["B"]["path"]) / "adapter", llm2["path"], composed_vision(composed))
@@ -306,12 +324,12 @@ def run_experiment(stages: Stages, s: DemoSettings, world: dict, composed: dict,
         moved.save(folder)
         return {"path": str(folder), "coverage": moved.mapping.coverage, "composed": len(moved.mapping.composed)}
 
-    transferred = stages.run("transfer/B-llm1-to-llm2", PRETRAIN, move_to_llm2)
+    transferred = stages.run(*run_stage(s, "B", "transfer", PRETRAIN), move_to_llm2)
     starts = {"A": pretrained["A"]["path"], "B": transferred["path"], "C": pretrained["C"]["path"],
               "D-llava": composed["llava-llm2"], "D-langbridge": composed["langbridge-llm2"]}
-    finetuned = {name: stages.run(f"sft/{name}", SFT, lambda out, start=start: train("sft", start, data, out, s, stages.advance),
-                                  steps=s.sft_steps)
-                 for name, start in starts.items()}
+    finetuned = {run: stages.run(*run_stage(s, run, "sft", SFT), steps=s.sft_steps,
+                                 work=lambda out, start=start: train("sft", start, data, out, s, stages.advance))
+                 for run, start in starts.items()}
     return {"pretrained": pretrained, "transferred": transferred, "finetuned": finetuned}
 
 
@@ -321,29 +339,56 @@ def composed_vision(composed: dict) -> str:
     return AutoConfig.from_pretrained(composed["langbridge-llm2"]).vision_model_name_or_path
 
 
-def score(stages: Stages, world: dict, finetuned: dict) -> dict:
+def score(stages: Stages, s: DemoSettings, world: dict, finetuned: dict) -> dict:
+    """Each SFT'd run's answers to the validation and test questions, by greedy generation."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from modeling_langbridge.evaluation import evaluate, read_questions
 
-    def work(folder):
-        results = {}
-        for name, run in finetuned.items():
-            model = AutoModelForImageTextToText.from_pretrained(run["path"], use_kernels=hub_kernels_wanted())
-            processor = AutoProcessor.from_pretrained(run["path"])
-            results[name] = {}
+    def scored(run):
+        def work(folder):
+            model = AutoModelForImageTextToText.from_pretrained(finetuned[run]["path"], use_kernels=hub_kernels_wanted())
+            processor = AutoProcessor.from_pretrained(finetuned[run]["path"])
+            results = {}
             for split in ("validation", "test"):
                 evaluation = evaluate(model, processor, read_questions(world[split]["questions"]), world[split]["images"],
                                       batch_size=64, max_new_tokens=4, progress=False)
-                results[name][split] = evaluation.to_dict()
-                evaluation.save(folder / f"{name}_{split}")
+                results[split] = evaluation.to_dict()
+                evaluation.save(folder / split)
                 stages.advance()
-        return results
+            return results
 
-    return stages.run("scores", SFT, work, steps=2 * len(finetuned))
+        return work
+
+    return {run: stages.run(*run_stage(s, run, "scores", SFT), scored(run), steps=2) for run in finetuned}
 
 
-def alignment(stages: Stages, world: dict, composed: dict, experiment: dict, images: int = 16) -> dict:
+def caption_before_sft(stages: Stages, s: DemoSettings, world: dict, experiment: dict) -> dict:
+    """Transfer itself, before any SFT: how well each stage-1 model captions unseen images in stage 1's own format
+    (the image, then the caption). B's adapter is read on LLM-1, where it was trained, and on LLM-2 right after
+    `transfer`; C (LangBridge trained on LLM-2) and A (LLaVA's connector on LLM-2) are the references."""
+    from .stage1_captions import caption_accuracy
+
+    models = {"A on LLM-2": ("A", "pretrain", experiment["pretrained"]["A"]["path"]),
+              "B on LLM-1": ("B", "pretrain", experiment["pretrained"]["B"]["path"]),
+              "B on LLM-2 (transferred)": ("B", "transfer", experiment["transferred"]["path"]),
+              "C on LLM-2": ("C", "pretrain", experiment["pretrained"]["C"]["path"])}
+    def captioned(path):
+        def work(folder):
+            accuracies = {}
+            for split in ("validation", "test"):
+                accuracies[split] = caption_accuracy(path, world[split]["captions"], world[split]["images"],
+                                                     predictions=folder / f"{split}.jsonl")
+                stages.advance()
+            return accuracies
+
+        return work
+
+    return {label: stages.run(*run_stage(s, run, f"captions-before-sft/{kind}", PRETRAIN), captioned(path), steps=2)
+            for label, (run, kind, path) in models.items()}
+
+
+def alignment(stages: Stages, s: DemoSettings, world: dict, composed: dict, experiment: dict, images: int = 16) -> dict:
     """The paper's Figure 1 measures along stage 1, for LLaVA's connector (A) and LangBridge's (C) on LLM-2."""
     from PIL import Image
 
@@ -365,7 +410,7 @@ def alignment(stages: Stages, world: dict, composed: dict, experiment: dict, ima
         return ({label: [asdict(p) for p in points] for label, points in series.items()}
                 | {"plot": str(folder / "alignment.png"), "chance": chance_top1_cosine(composed["langbridge-llm2"])})
 
-    return stages.run("alignment", PRETRAIN, work, steps=2)
+    return stages.run(f"alignment/{s.coefficient_activation}", PRETRAIN + LANGBRIDGE, work, steps=2)
 
 
 def chance_top1_cosine(model_dir: str, samples: int = 4096) -> float:
@@ -381,16 +426,20 @@ def chance_top1_cosine(model_dir: str, samples: int = 4096) -> float:
     return nearest_tokens(directions, words.embeddings, top_k=1)[0].mean().item()
 
 
-def main(out: str | Path = "langbridge-demo", quick: bool = False, seed: int = 0) -> Path:
-    """Run (or reuse) every stage, then write results.json and report.md. The console gets a line per stage; the
-    rest goes to `demo.log` in `out`."""
+def main(out: str | Path = "langbridge-demo", quick: bool = False, seed: int = 0, coefficient_activation: str = "none",
+         report_dir: str | Path | None = None) -> Path:
+    """Run (or reuse) every stage in `out`, then write results.json and report.md to `report_dir` (default: `out`).
+    The console gets a line per stage; the rest goes to `demo.log` in `out`."""
     from .report import ORDER, write_report
 
     out = Path(out)
-    settings = DemoSettings.quick(seed) if quick else DemoSettings(seed=seed)
+    report_dir = Path(report_dir) if report_dir else out
+    settings = (DemoSettings.quick if quick else DemoSettings)(seed=seed, coefficient_activation=coefficient_activation)
     out.mkdir(parents=True, exist_ok=True)
+    report_dir.mkdir(parents=True, exist_ok=True)
     console = Console(out / "demo.log")
-    console.say(f"[demo] writing to {out}/ (open report.md there when done; training details go to {console.log_path})")
+    console.say(f"[demo] writing to {out}/ (open {report_dir / 'report.md'} when done; training details go to "
+                f"{console.log_path})")
     previous = out / "settings.json"
     if previous.exists() and json.loads(previous.read_text()) != asdict(settings):
         console.say(f"[demo] {out} holds a run with other settings: its stages are redone where they differ")
@@ -404,14 +453,17 @@ def main(out: str | Path = "langbridge-demo", quick: bool = False, seed: int = 0
         vocabulary = build_vocabulary(stages, settings, llm1, llm2)
         composed = build_connectors(stages, settings, out / "vision", llm1, llm2, vocabulary)
         experiment = run_experiment(stages, settings, world, composed, llm2)
-        scores = score(stages, world, experiment["finetuned"])
-        aligned = alignment(stages, world, composed, experiment)
+        before_sft = caption_before_sft(stages, settings, world, experiment)
+        scores = score(stages, settings, world, experiment["finetuned"])
+        aligned = alignment(stages, settings, world, composed, experiment)
 
         measured = [t for t in stages.timings.values() if t is not None]
         results = {
-            "settings": asdict(settings), "seed": seed, "quick": quick, "vision": vision,
+            "settings": asdict(settings), "seed": seed, "quick": quick, "coefficient_activation": coefficient_activation, "vision": vision,
             "llms": {"llm1": llm1, "llm2": llm2}, "vocabulary": vocabulary, "transfer": experiment["transferred"],
-            "runs": {name: {"description": RUNS[name][3], "stage1": RUNS[name][2], "scores": scores[name]} for name in RUNS},
+            "runs": {name: {"description": RUNS[name][3], "stage1": RUNS[name][2], "scores": scores[name],
+                            "path": experiment["finetuned"][name]["path"]} for name in RUNS},
+            "captions_before_sft": before_sft,
             "losses": {"pretrain": {k: v["losses"] for k, v in experiment["pretrained"].items()},
                        "sft": {k: v["losses"] for k, v in experiment["finetuned"].items()}},
             "alignment": aligned,
@@ -419,10 +471,10 @@ def main(out: str | Path = "langbridge-demo", quick: bool = False, seed: int = 0
             "seconds": round(sum(measured), 1), "stage_seconds": stages.timings, "cached_stages": stages.cached,
             "run_seconds": round(time.time() - start, 1),
         }
-        (out / "results.json").write_text(json.dumps(results, indent=1))
+        (report_dir / "results.json").write_text(json.dumps(results, indent=1))
         report_start = time.time()
         with console.quiet("report"):
-            write_report(out, results, experiment)
+            write_report(report_dir, results, experiment, world)
         console.say(f"[demo] {'report':<27} {time.time() - report_start:5.0f} s")
     finally:
         console.close()
@@ -432,5 +484,5 @@ def main(out: str | Path = "langbridge-demo", quick: bool = False, seed: int = 0
         f"{name} {overall[name]:.1f}" + (f" ({100 * overall[name] / overall['A']:.0f}%)" if name != "A" and overall["A"] else "")
         for name in ORDER))
     console.say(f"[demo] done in {time.time() - start:.0f} s" + (f" ({len(stages.cached)} stages reused)" if stages.cached else "")
-                + f". Open {out / 'report.md'} first.")
-    return out
+                + f". Open {report_dir / 'report.md'} first.")
+    return report_dir

@@ -2,8 +2,10 @@
 the words LangBridge reads in a few test images."""
 
 import json
+import os
 from pathlib import Path
 
+from .stage1_captions import ATTRIBUTES
 from .world import QUESTION_KINDS
 
 ORDER = ["A", "B", "C", "D-llava", "D-langbridge"]
@@ -128,7 +130,7 @@ def vocabulary_facts(s: dict, vocabulary: dict) -> str:
     return f"{size} tokens common to both tokenizers, the most frequent in the world's texts (of {seen} found)"
 
 
-def alignment_note(alignment: dict, width: int) -> str:
+def alignment_note(alignment: dict, width: int, activation: str) -> str:
     """What the alignment table's cosines can and cannot say, with the chance level measured for this run's LLM-2."""
     chance = alignment.get("chance")
     points = alignment.get("C: LangBridge", [])
@@ -139,17 +141,33 @@ def alignment_note(alignment: dict, width: int) -> str:
              f"{chance:.2f} on average, so in a space this narrow a top-1 cosine near {chance:.2f} says little by itself.")
     if last >= first:
         return scale + f" LangBridge's tokens go from {first:.2f} to {last:.2f} along stage 1."
-    return (scale + f" LangBridge's tokens go from {first:.2f} to {last:.2f} along stage 1: each is a signed mix of word "
-            "embeddings (its coefficients are raw logits, not a softmax), and the caption loss rewards mixes that carry "
+    mix = ("a signed mix of word embeddings (its coefficients are raw logits, not a softmax)" if activation == "none"
+           else "a weighted average of word embeddings (softmax coefficients)")
+    return (scale + f" LangBridge's tokens go from {first:.2f} to {last:.2f} along stage 1: each is {mix}, and the caption loss rewards mixes that carry "
             "what the caption needs (colour, shape, count and column at once), not closeness to any single word, so "
             "the mix can move away from its nearest word as it learns (our reading; not measured further). Its words "
             "are read exactly from the coefficients (the overlay above); the cosine only says how word-like the mix "
             "looks from outside.")
 
 
-def write_report(out: Path, results: dict, experiment: dict) -> Path:
+def coefficient_words(activation: str) -> str:
+    return {"none": "raw logits (`--coefficients none`, as the official code)",
+            "softmax": "softmax (`--coefficients softmax`, as the paper's text)"}[activation]
+
+
+def captions_table(before_sft: dict, split: str) -> str:
+    """Stage-1 captions per attribute, one row per model (the transfer measure before any SFT)."""
+    header = ["stage-1 model", "all four right", *ATTRIBUTES]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, splits in before_sft.items():
+        accuracy = splits[split]
+        lines.append(f"| {label} | **{percent(accuracy['exact'])}** | " + " | ".join(percent(accuracy[k]) for k in ATTRIBUTES) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, results: dict, experiment: dict, world: dict) -> Path:
     plot_curves(results, out / "curves.png")
-    test = json.loads((out / "world" / ".done.json").read_text())["result"]["test"]
+    test = world["test"]
     plot_overlays(experiment["finetuned"]["B"]["path"], test["questions"], test["images"], out / "overlay.png",
                   captions_file=test["captions"])
     plot_overlays(experiment["pretrained"]["A"]["path"], test["questions"], test["images"], out / "overlay_llava.png",
@@ -161,7 +179,7 @@ def write_report(out: Path, results: dict, experiment: dict) -> Path:
     stage1_gain = {c: overall[p] - overall[d] for p, d, c in (("A", "D-llava", "LLaVA"), ("C", "D-langbridge", "LangBridge"))}
     text = f"""# LangBridge demo: moving a pretrained adapter to another LLM, in miniature
 
-Seed {results['seed']}{' (quick settings)' if results['quick'] else ''}; {timing(results)}.
+Seed {results['seed']}{' (quick settings)' if results['quick'] else ''}; LangBridge coefficients: {coefficient_words(s['coefficient_activation'])}; {timing(results)}.
 Scores are accuracies on {questions} held-out test questions ({s['test_scenes']} unseen scenes, six kinds), by greedy
 generation, answers normalised as in VQA (one reference answer each, so VQA accuracy equals exact match).
 Every run used the same SFT data ({s['train_scenes']} scenes, 3 questions each), steps ({s['sft_steps']}),
@@ -180,6 +198,16 @@ What the rows are:
 Stage 1 added {100 * stage1_gain['LLaVA']:+.1f} points for LLaVA (A vs D-llava) and {100 * stage1_gain['LangBridge']:+.1f}
 for LangBridge (C vs D-langbridge). The transferred adapter (B) scored {100 * overall['B']:.1f}, against
 {100 * overall['C']:.1f} for LangBridge pretrained on LLM-2 itself and {100 * overall['D-langbridge']:.1f} without any stage 1.
+
+## Transfer before SFT: stage-1 captions (%)
+
+Each stage-1 model captions the {s['test_scenes']} unseen test scenes in stage 1's own format (the image, then the
+caption), greedily: the share with all four attributes right, and each attribute. B's adapter is read on LLM-1, where
+it was trained, and on LLM-2 right after `transfer`, with no training on LLM-2 at all: the paper's "pretraining-free"
+claim in its purest form. C (LangBridge trained on LLM-2) and A (LLaVA's connector on LLM-2) are what stage 1 on
+LLM-2 itself reaches.
+
+{captions_table(results['captions_before_sft'], 'test')}
 
 ## The parts
 
@@ -220,9 +248,9 @@ by construction; the MLP connector's have to get there.
 
 {alignment_table(results['alignment'])}
 
-{alignment_note(results['alignment'], s['llm2_hidden'])}
+{alignment_note(results['alignment'], s['llm2_hidden'], s['coefficient_activation'])}
 
-![alignment](alignment/alignment.png)
+![alignment]({os.path.relpath(results['alignment']['plot'], out)})
 
 What LLaVA's connector (A, after stage 1) sits nearest to, per patch, by cosine similarity (read as above; the grey
 number is the cosine):
