@@ -66,7 +66,28 @@ def coefficient_statistics(coefficients: torch.Tensor, e1: torch.Tensor, e2: tor
     }
 
 
-def diagnose(pretrained_b: str, transferred_b: str, images: list) -> dict:
+def readable_words(coefficients: torch.Tensor, tokens: list[str], captions: list[str], grid: int = 3) -> dict:
+    """Do the coefficients name the scene in words? Per image, the coefficients averaged over the patches of the
+    object's column; an attribute is read right when, among that attribute's words in the shared vocabulary, the
+    true one has the largest coefficient. This is what can carry over to another LLM, whatever its geometry."""
+    from .stage1_captions import parse_caption
+    from .world import COLOURS, COLUMNS, NUMBERS, SHAPES
+
+    words = {"colour": list(COLOURS), "shape": list(SHAPES), "count": list(NUMBERS[1:])}
+    index = {token.strip(): n for n, token in enumerate(tokens)}
+    per_image = coefficients.reshape(len(captions), grid, grid, -1)
+    right = {attribute: 0 for attribute in words}
+    for coefficients_of_image, text in zip(per_image, captions):
+        truth = parse_caption(text)
+        column = coefficients_of_image[:, COLUMNS.index(truth["column"])].mean(0)
+        for attribute, options in words.items():
+            present = [w for w in options if w in index]
+            best = max(present, key=lambda w: column[index[w]].item())
+            right[attribute] += best == truth[attribute]
+    return {f"readable_{attribute}": count / len(captions) for attribute, count in right.items()}
+
+
+def diagnose(pretrained_b: str, transferred_b: str, images: list, captions: list[str] | None = None) -> dict:
     """All the measures for one run: B's stage-1 model (on LLM-1) and the same adapter transferred to LLM-2."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -81,7 +102,10 @@ def diagnose(pretrained_b: str, transferred_b: str, images: list) -> dict:
         pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
         features = source.model.get_vision_features(pixels)
         coefficients = source.model.multi_modal_projector.coefficients(features.reshape(-1, features.shape[-1]))
-    return {
+    tokens = [processor.tokenizer.decode([i]) if isinstance(i, int) else processor.tokenizer.decode(i)
+              for i in source.config.vocab_token_ids]
+    readable = readable_words(coefficients, tokens, captions) if captions else {}
+    return readable | {
         "shared_tokens": e1.shape[0], "llm1_width": e1.shape[1], "llm2_width": e2.shape[1],
         "e1_rank": torch.linalg.matrix_rank(e1.double()).item(), "e2_rank": torch.linalg.matrix_rank(e2.double()).item(),
         "linear_fit_r2": held_out_fit(e1, e2, orthogonal=False),
