@@ -59,10 +59,28 @@ class Sizes:
         return (self.image_size // self.patch_size) ** 2
 
 
-SMALL = Sizes(vision_layers=2, vision_width=64, vision_intermediate=128, vision_heads=4, image_size=32, patch_size=8,
-              llm_layers=2, llm_width=64, llm_intermediate=128, llm_heads=4, llm_kv_heads=2, llm_vocab=1000,
-              shared_vocab=512, projector_hidden=64, batch=2, text_tokens=16, projection_tokens=(256, 1024),
-              generation_batches=(1, 2), prompt_tokens=8, new_tokens=8)
+SMALL = Sizes(
+    vision_layers=2,
+    vision_width=64,
+    vision_intermediate=128,
+    vision_heads=4,
+    image_size=32,
+    patch_size=8,
+    llm_layers=2,
+    llm_width=64,
+    llm_intermediate=128,
+    llm_heads=4,
+    llm_kv_heads=2,
+    llm_vocab=1000,
+    shared_vocab=512,
+    projector_hidden=64,
+    batch=2,
+    text_tokens=16,
+    projection_tokens=(256, 1024),
+    generation_batches=(1, 2),
+    prompt_tokens=8,
+    new_tokens=8,
+)
 
 
 def synchronize(device: torch.device) -> None:
@@ -106,22 +124,34 @@ def autocast(device: torch.device):
 def projection_step(path: str, activation: str, tokens: int, embeddings_trained: bool, sizes: Sizes, device):
     """One forward + backward of the projection's last step: h (bf16, as autocast's Linear leaves it) -> tokens."""
     from modeling_langbridge import LangBridgeConfig
-    from modeling_langbridge.modeling_langbridge import LangBridgeProjector
-    from modeling_langbridge.projection_langbridge import autocast_off, combination_dtype, naive_combination, tf32_products
+    from modeling_langbridge.model.modeling_langbridge import LangBridgeProjector
+    from modeling_langbridge.model.projection_langbridge import (
+        autocast_off,
+        combination_dtype,
+        naive_combination,
+        tf32_products,
+    )
 
     config = LangBridgeConfig(
         vision_config={"model_type": "clip_vision_model", "hidden_size": 8, "num_attention_heads": 1},
-        text_config={"model_type": "qwen2", "hidden_size": sizes.llm_width, "vocab_size": sizes.shared_vocab + 200,
-                     "num_attention_heads": 1, "num_key_value_heads": 1},
-        projector_hidden_size=sizes.projector_hidden, vocab_token_ids=list(range(100, 100 + sizes.shared_vocab)),
-        coefficient_activation=activation, image_token_id=1,
+        text_config={
+            "model_type": "qwen2",
+            "hidden_size": sizes.llm_width,
+            "vocab_size": sizes.shared_vocab + 200,
+            "num_attention_heads": 1,
+            "num_key_value_heads": 1,
+        },
+        projector_hidden_size=sizes.projector_hidden,
+        vocab_token_ids=list(range(100, 100 + sizes.shared_vocab)),
+        coefficient_activation=activation,
+        image_token_id=1,
     )
     with torch.device(device):
         projector = LangBridgeProjector(config)
         embed = torch.nn.Embedding(sizes.shared_vocab + 200, sizes.llm_width)
     embed.weight.data.normal_(0, 0.02)
     embed.weight.requires_grad_(embeddings_trained)
-    projector.vocab_proj.weight.data.normal_(0, sizes.projector_hidden ** -0.5)
+    projector.vocab_proj.weight.data.normal_(0, sizes.projector_hidden**-0.5)
     hidden = torch.randn(tokens, sizes.projector_hidden, device=device, dtype=torch.bfloat16, requires_grad=True)
     upstream = torch.randn(tokens, sizes.llm_width, device=device)
     projector.train()
@@ -131,8 +161,13 @@ def projection_step(path: str, activation: str, tokens: int, embeddings_trained:
             tensor.grad = None
         with autocast(device):
             if path == "literal":
-                out = naive_combination(hidden, projector.vocab_proj.weight, projector.vocab_proj.bias,
-                                        projector.vocab_embeddings(embed), activation)
+                out = naive_combination(
+                    hidden,
+                    projector.vocab_proj.weight,
+                    projector.vocab_proj.bias,
+                    projector.vocab_embeddings(embed),
+                    activation,
+                )
             else:
                 dtype = combination_dtype(hidden, config.combine_in_float32)
                 with autocast_off(hidden), tf32_products(hidden.device, dtype):
@@ -156,9 +191,12 @@ def projection_section(sizes: Sizes, device, steps: int) -> list[dict]:
                 row["time_ratio"] = row["langbridge"]["seconds"] / row["literal"]["seconds"]
                 if device.type == "cuda":
                     row["memory_ratio"] = row["langbridge"]["peak_gib"] / row["literal"]["peak_gib"]
-                print(f"  projection {activation:7s} E {row['E']:7s} {tokens:6d} tokens: "
-                      f"{row['langbridge']['seconds'] * 1e3:8.2f} ms vs literal {row['literal']['seconds'] * 1e3:8.2f} ms "
-                      f"-> {row['time_ratio']:.2f}x" + memory_text(row["langbridge"], row["literal"]), flush=True)
+                print(
+                    f"  projection {activation:7s} E {row['E']:7s} {tokens:6d} tokens: "
+                    f"{row['langbridge']['seconds'] * 1e3:8.2f} ms vs literal {row['literal']['seconds'] * 1e3:8.2f} ms "
+                    f"-> {row['time_ratio']:.2f}x" + memory_text(row["langbridge"], row["literal"]),
+                    flush=True,
+                )
                 rows.append(row)
     return rows
 
@@ -175,12 +213,25 @@ def memory_text(side: dict, reference: dict) -> str:
 def configs(sizes: Sizes):
     from transformers import CLIPVisionConfig, Qwen2Config
 
-    vision = CLIPVisionConfig(hidden_size=sizes.vision_width, intermediate_size=sizes.vision_intermediate,
-                              num_hidden_layers=sizes.vision_layers, num_attention_heads=sizes.vision_heads,
-                              image_size=sizes.image_size, patch_size=sizes.patch_size, hidden_act="quick_gelu")
-    text = Qwen2Config(vocab_size=sizes.llm_vocab, hidden_size=sizes.llm_width, intermediate_size=sizes.llm_intermediate,
-                       num_hidden_layers=sizes.llm_layers, num_attention_heads=sizes.llm_heads,
-                       num_key_value_heads=sizes.llm_kv_heads, max_position_embeddings=4096, tie_word_embeddings=True)
+    vision = CLIPVisionConfig(
+        hidden_size=sizes.vision_width,
+        intermediate_size=sizes.vision_intermediate,
+        num_hidden_layers=sizes.vision_layers,
+        num_attention_heads=sizes.vision_heads,
+        image_size=sizes.image_size,
+        patch_size=sizes.patch_size,
+        hidden_act="quick_gelu",
+    )
+    text = Qwen2Config(
+        vocab_size=sizes.llm_vocab,
+        hidden_size=sizes.llm_width,
+        intermediate_size=sizes.llm_intermediate,
+        num_hidden_layers=sizes.llm_layers,
+        num_attention_heads=sizes.llm_heads,
+        num_key_value_heads=sizes.llm_kv_heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+    )
     return vision, text
 
 
@@ -193,15 +244,25 @@ def build(kind: str, sizes: Sizes, device, dtype=torch.float32):
     vision, text = configs(sizes)
     image_token = sizes.llm_vocab - 1
     if kind == "llava":
-        config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token,
-                             image_seq_length=sizes.patches, vision_feature_layer=-2,
-                             vision_feature_select_strategy="default")
+        config = LlavaConfig(
+            vision_config=vision,
+            text_config=text,
+            image_token_index=image_token,
+            image_seq_length=sizes.patches,
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+        )
         model_class = LlavaForConditionalGeneration
     else:
-        config = LangBridgeConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
-                                  projector_hidden_size=sizes.projector_hidden, shared_vocab_size=sizes.shared_vocab,
-                                  vocab_token_ids=list(range(100, 100 + sizes.shared_vocab)), image_token_id=image_token,
-                                  coefficient_activation=kind.split("-")[1])
+        config = LangBridgeConfig(
+            vision_config=vision.to_dict(),
+            text_config=text.to_dict(),
+            projector_hidden_size=sizes.projector_hidden,
+            shared_vocab_size=sizes.shared_vocab,
+            vocab_token_ids=list(range(100, 100 + sizes.shared_vocab)),
+            image_token_id=image_token,
+            coefficient_activation=kind.split("-")[1],
+        )
         model_class = LangBridgeForConditionalGeneration
     config._attn_implementation = "sdpa"
     with torch.device(device):
@@ -213,13 +274,19 @@ def training_batch(image_token: int, sizes: Sizes, device, batch: int | None = N
     batch = batch or sizes.batch
     text_tokens = sizes.text_tokens if text_tokens is None else text_tokens
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(200, min(20000, sizes.llm_vocab - 2), (batch, 1 + sizes.patches + text_tokens), generator=generator)
-    ids[:, 1:1 + sizes.patches] = image_token
+    ids = torch.randint(
+        200, min(20000, sizes.llm_vocab - 2), (batch, 1 + sizes.patches + text_tokens), generator=generator
+    )
+    ids[:, 1 : 1 + sizes.patches] = image_token
     labels = ids.clone()
     labels[:, : 1 + sizes.patches] = -100
     pixel_values = torch.randn(batch, 3, sizes.image_size, sizes.image_size, generator=generator)
-    return {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids, device=device),
-            "pixel_values": pixel_values.to(device), "labels": labels.to(device)}
+    return {
+        "input_ids": ids.to(device),
+        "attention_mask": torch.ones_like(ids, device=device),
+        "pixel_values": pixel_values.to(device),
+        "labels": labels.to(device),
+    }
 
 
 def training_step(kind: str, stage: str, loss: str, sizes: Sizes, device):
@@ -232,7 +299,9 @@ def training_step(kind: str, stage: str, loss: str, sizes: Sizes, device):
         from trl.trainer.utils import add_fused_lm_head
 
         add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))  # what the recipes' SFTTrainer does
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=device.type == "cuda"
+    )
     inputs = training_batch(image_token, sizes, device)
     extra = {"fused_lm_head": True} if loss == "fused" else {}
 
@@ -245,8 +314,11 @@ def training_step(kind: str, stage: str, loss: str, sizes: Sizes, device):
 
     def state_gib() -> float:
         """What the side keeps between steps: weights, gradients and AdamW's moments."""
-        tensors = [*model.parameters(), *(p.grad for p in model.parameters() if p.grad is not None),
-                   *(t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t))]
+        tensors = [
+            *model.parameters(),
+            *(p.grad for p in model.parameters() if p.grad is not None),
+            *(t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)),
+        ]
         return sum(t.nbytes for t in tensors) / 2**30
 
     step.state_gib = state_gib
@@ -274,20 +346,32 @@ def alternated(steps: dict, device, repeats: int) -> dict:
             times[name].append(time.perf_counter() - start)
             if device.type == "cuda":
                 transient[name] = max(transient[name], (torch.cuda.max_memory_allocated(device) - before) / 2**30)
-    return {name: {"seconds": statistics.median(times[name]), "times": times[name],
-                   "peak_gib": steps[name].state_gib() + transient[name] if device.type == "cuda" else None}
-            for name in steps}
+    return {
+        name: {
+            "seconds": statistics.median(times[name]),
+            "times": times[name],
+            "peak_gib": steps[name].state_gib() + transient[name] if device.type == "cuda" else None,
+        }
+        for name in steps
+    }
 
 
-TRAINING_SIDES = [("llava", "model"), ("llava", "fused"), ("langbridge-none", "model"), ("langbridge-none", "fused"),
-                  ("langbridge-softmax", "fused")]
+TRAINING_SIDES = [
+    ("llava", "model"),
+    ("llava", "fused"),
+    ("langbridge-none", "model"),
+    ("langbridge-none", "fused"),
+    ("langbridge-softmax", "fused"),
+]
 
 
 def training_section(sizes: Sizes, device, steps: int, alternate: bool = False) -> dict:
     results = {}
     for stage in ("sft", "stage1"):
         if alternate:
-            all_steps = {f"{kind}/{loss}": training_step(kind, stage, loss, sizes, device) for kind, loss in TRAINING_SIDES}
+            all_steps = {
+                f"{kind}/{loss}": training_step(kind, stage, loss, sizes, device) for kind, loss in TRAINING_SIDES
+            }
             sides = alternated(all_steps, device, steps)
             del all_steps
             release(device)
@@ -302,13 +386,19 @@ def training_section(sizes: Sizes, device, steps: int, alternate: bool = False) 
         for name, side in sides.items():
             side["time_ratio"] = side["seconds"] / base["seconds"]
             side["memory_ratio"] = side["peak_gib"] / base["peak_gib"] if side["peak_gib"] is not None else None
-            print(f"  {stage:6s} step {name:26s} {side['seconds']:.4f} s -> {side['time_ratio']:.2f}x LLaVA's (own loss)"
-                  + memory_text(side, base), flush=True)
+            print(
+                f"  {stage:6s} step {name:26s} {side['seconds']:.4f} s -> {side['time_ratio']:.2f}x LLaVA's (own loss)"
+                + memory_text(side, base),
+                flush=True,
+            )
         fused = sides["llava/fused"]
         for name in ("langbridge-none/fused", "langbridge-softmax/fused"):
             side = sides[name]
-            print(f"  {stage:6s} {name} against LLaVA with the same fused loss: time {side['seconds'] / fused['seconds']:.2f}x"
-                  + memory_text(side, fused), flush=True)
+            print(
+                f"  {stage:6s} {name} against LLaVA with the same fused loss: time {side['seconds'] / fused['seconds']:.2f}x"
+                + memory_text(side, fused),
+                flush=True,
+            )
         results[stage] = sides
     return results
 
@@ -326,10 +416,11 @@ def generation_section(sizes: Sizes, device, steps: int) -> list[dict]:
             inputs.pop("labels")
             inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
 
-            def step():
+            def step(model=model, inputs=inputs):
                 with torch.no_grad():
-                    model.generate(**inputs, max_new_tokens=sizes.new_tokens, min_new_tokens=sizes.new_tokens,
-                                   do_sample=False)
+                    model.generate(
+                        **inputs, max_new_tokens=sizes.new_tokens, min_new_tokens=sizes.new_tokens, do_sample=False
+                    )
 
             result = measure(step, device, max(3, steps // 2), warmup=1)
             result["tokens_per_second"] = batch * sizes.new_tokens / result["seconds"]
@@ -337,8 +428,11 @@ def generation_section(sizes: Sizes, device, steps: int) -> list[dict]:
             del model, step
             release(device)
         row["speed_ratio"] = row["langbridge-none"]["tokens_per_second"] / row["llava"]["tokens_per_second"]
-        print(f"  generation batch {batch:2d}: {row['langbridge-none']['tokens_per_second']:.1f} vs LLaVA "
-              f"{row['llava']['tokens_per_second']:.1f} tokens/s -> {row['speed_ratio']:.2f}x", flush=True)
+        print(
+            f"  generation batch {batch:2d}: {row['langbridge-none']['tokens_per_second']:.1f} vs LLaVA "
+            f"{row['llava']['tokens_per_second']:.1f} tokens/s -> {row['speed_ratio']:.2f}x",
+            flush=True,
+        )
         rows.append(row)
     return rows
 
@@ -352,12 +446,21 @@ def describe(device) -> str:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="folder for gpu_results.json")
-    parser.add_argument("--small", action="store_true", help="toy sizes (forced without CUDA): checks the code, not speed")
+    parser.add_argument(
+        "--small", action="store_true", help="toy sizes (forced without CUDA): checks the code, not speed"
+    )
     parser.add_argument("--steps", type=int, default=8)
-    parser.add_argument("--sections", nargs="+", default=["projection", "training", "generation"],
-                        choices=["projection", "training", "generation"])
-    parser.add_argument("--alternate", action="store_true",
-                        help="training: all sides set up at once and stepped in turn (needs room for five models)")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=["projection", "training", "generation"],
+        choices=["projection", "training", "generation"],
+    )
+    parser.add_argument(
+        "--alternate",
+        action="store_true",
+        help="training: all sides set up at once and stepped in turn (needs room for five models)",
+    )
     args = parser.parse_args(argv)
     import transformers
 
@@ -366,10 +469,18 @@ def main(argv=None) -> dict:
     global WARMUP
     WARMUP = 1 if sizes is SMALL else WARMUP
     torch.manual_seed(0)
-    results = {"device": describe(device), "transformers": transformers.__version__, "sizes": sizes.__dict__,
-               "steps": args.steps, "alternate": args.alternate}
-    print(f"benchmarks.gpu on {results['device']}, transformers {transformers.__version__}; "
-          f"{'toy sizes' if sizes is SMALL else 'paper sizes'}; medians of {args.steps} steps", flush=True)
+    results = {
+        "device": describe(device),
+        "transformers": transformers.__version__,
+        "sizes": sizes.__dict__,
+        "steps": args.steps,
+        "alternate": args.alternate,
+    }
+    print(
+        f"benchmarks.gpu on {results['device']}, transformers {transformers.__version__}; "
+        f"{'toy sizes' if sizes is SMALL else 'paper sizes'}; medians of {args.steps} steps",
+        flush=True,
+    )
     sections = {"projection": projection_section, "training": training_section, "generation": generation_section}
     for name in args.sections:
         started = time.perf_counter()

@@ -83,7 +83,7 @@ def run_child(*arguments) -> dict:
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
         raise RuntimeError(f"{' '.join(arguments[:3])} failed:\n{done.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def compare(module_name: str, case: str, variants: dict[str, dict], repeats: int = 5) -> dict[str, dict]:

@@ -25,41 +25,71 @@ RECIPES = {
     "pretrain": {"recipe": "pretrain", "data": "captions", "learning_rate": 1e-3},
     "sft full": {"recipe": "sft", "data": "qa", "learning_rate": 2e-5, "dtype": "bfloat16"},
     "sft lora": {"recipe": "sft", "data": "qa", "learning_rate": 2e-4, "dtype": "bfloat16", "use_peft": True},
-    "sft qlora": {"recipe": "sft", "data": "qa", "learning_rate": 2e-4, "dtype": "bfloat16", "use_peft": True,
-                  "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "use_bnb_nested_quant": True},
+    "sft qlora": {
+        "recipe": "sft",
+        "data": "qa",
+        "learning_rate": 2e-4,
+        "dtype": "bfloat16",
+        "use_peft": True,
+        "load_in_4bit": True,
+        "bnb_4bit_quant_type": "nf4",
+        "use_bnb_nested_quant": True,
+    },
 }
 
 
 def parts(work: Path) -> tuple[Path, dict]:
-    from modeling_langbridge.compose import compose
-    from modeling_langbridge.tiny import save_clip_vision, save_qwen2_style_llm
-    from training.world import write_llava_dataset
+    from langbridge_training.demo.world import write_llava_dataset
+    from modeling_langbridge.assembly.compose import compose
+    from modeling_langbridge.assembly.tiny import save_clip_vision, save_qwen2_style_llm
 
     torch.manual_seed(0)
-    composed = compose(str(save_clip_vision(work / "clip")), str(save_qwen2_style_llm(work / "llm", hidden_size=64)),
-                       projector_hidden_size=64, vocab_size=96)
+    composed = compose(
+        str(save_clip_vision(work / "clip")),
+        str(save_qwen2_style_llm(work / "llm", hidden_size=64)),
+        projector_hidden_size=64,
+        shared_vocab_size=96,
+    )
     model_dir = composed.save(work / "langbridge")
-    data = {"captions": write_llava_dataset(work / "world", 32, seed=0, kind="caption"),
-            "qa": write_llava_dataset(work / "world", 32, seed=1, kind="qa"), "images": work / "world" / "images"}
+    data = {
+        "captions": write_llava_dataset(work / "world", 32, seed=0, kind="caption"),
+        "qa": write_llava_dataset(work / "world", 32, seed=1, kind="qa"),
+        "images": work / "world" / "images",
+    }
     return model_dir, data
 
 
 def run(name: str, settings: dict, model_dir: Path, data: dict, work: Path, steps: int) -> Path:
     from trl import ModelConfig, SFTConfig, TrlParser
 
-    from training import pretrain, sft
-    from training.arguments import LangBridgeArguments
+    from langbridge_training import pretrain, sft
+    from langbridge_training.arguments import LangBridgeArguments
 
     settings = dict(settings)
     recipe = {"pretrain": pretrain, "sft": sft}[settings.pop("recipe")]
     out = work / name.replace(" ", "-")
     config = work / f"{out.name}.yaml"
-    config.write_text(yaml.safe_dump({
-        "model_name_or_path": str(model_dir), "dataset": str(data[settings.pop("data")]), "image_folder": str(data["images"]),
-        "output_dir": str(out), "max_steps": steps, "per_device_train_batch_size": 4, "bf16": torch.cuda.is_available(),
-        "use_cpu": not torch.cuda.is_available(), "activation_checkpointing": True, "report_to": [], "logging_steps": 1,
-        "save_strategy": "no", "max_length": 160, "disable_tqdm": True, **settings,
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model_name_or_path": str(model_dir),
+                "dataset": str(data[settings.pop("data")]),
+                "image_folder": str(data["images"]),
+                "output_dir": str(out),
+                "max_steps": steps,
+                "per_device_train_batch_size": 4,
+                "bf16": torch.cuda.is_available(),
+                "use_cpu": not torch.cuda.is_available(),
+                "activation_checkpointing": True,
+                "report_to": [],
+                "logging_steps": 1,
+                "save_strategy": "no",
+                "max_length": 160,
+                "disable_tqdm": True,
+                **settings,
+            }
+        )
+    )
     args = TrlParser((LangBridgeArguments, SFTConfig, ModelConfig)).parse_args_and_config(["--config", str(config)])
     trainer = recipe.main(*args)
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
@@ -70,11 +100,18 @@ def run(name: str, settings: dict, model_dir: Path, data: dict, work: Path, step
 def answer(folder: Path) -> str:
     from transformers import pipeline
 
-    from modeling_langbridge.tiny import random_shapes_image
+    from modeling_langbridge.assembly.tiny import random_shapes_image
 
     chat = pipeline("image-text-to-text", model=str(folder), device=0 if torch.cuda.is_available() else -1)
-    message = [{"role": "user", "content": [{"type": "image", "image": random_shapes_image(seed=3)},
-                                            {"type": "text", "text": "What is in the picture?"}]}]
+    message = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "image": random_shapes_image(seed=3)},
+                {"type": "text", "text": "What is in the picture?"},
+            ],
+        }
+    ]
     return chat(text=message, max_new_tokens=8)[0]["generated_text"][-1]["content"]
 
 
@@ -85,7 +122,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="langbridge-offline-"))
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
-    print(f"offline recipes on {device}: HF_HUB_OFFLINE={os.environ['HF_HUB_OFFLINE']}, USE_HUB_KERNELS unset", flush=True)
+    print(
+        f"offline recipes on {device}: HF_HUB_OFFLINE={os.environ['HF_HUB_OFFLINE']}, USE_HUB_KERNELS unset", flush=True
+    )
     model_dir, data = parts(work)
     failures = ran = 0
     for name, settings in RECIPES.items():

@@ -21,9 +21,7 @@ def pickled_weights_error(path) -> LangBridgeUsageError:
 
 
 def damaged_safetensors_error(path, error) -> LangBridgeUsageError:
-    return LangBridgeUsageError(
-        f"{path} is damaged or truncated ({error}); download or save it again."
-    )
+    return LangBridgeUsageError(f"{path} is damaged or truncated ({error}); download or save it again.")
 
 
 def user_error_message(error: BaseException) -> str | None:
@@ -43,7 +41,9 @@ def user_error_message(error: BaseException) -> str | None:
         message = str(error)
     elif type(error).__name__ == "DatasetGenerationError":
         cause = error.__cause__ or error.__context__
-        message = (user_error_message(cause) if cause is not None else None) or f"cannot read the dataset: {cause or error}"
+        message = (
+            user_error_message(cause) if cause is not None else None
+        ) or f"cannot read the dataset: {cause or error}"
     if message is None:
         return None
     return " ".join(message.split()) or type(error).__name__

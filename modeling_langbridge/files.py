@@ -107,7 +107,12 @@ def write_text_atomic(path: str | Path, text: str, overwrite: bool = False) -> P
 def looks_like_local_path(name: str) -> bool:
     """A path rather than a Hub id (`org/name`): starts with `.`, `/` or `~`, or has more than one part."""
     text = str(name)
-    return text.startswith((".", "/", "~", "\\")) or text.count("/") > 1 or "\\" in text or Path(text).suffix in (".json", ".yaml", ".yml")
+    return (
+        text.startswith((".", "/", "~", "\\"))
+        or text.count("/") > 1
+        or "\\" in text
+        or Path(text).suffix in (".json", ".yaml", ".yml")
+    )
 
 
 def require_source(name_or_path: str | Path, what: str = "model") -> str:
@@ -121,26 +126,29 @@ def require_source(name_or_path: str | Path, what: str = "model") -> str:
 
 
 def read_checkpoint_tensors(folder: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:
-    """Tensors whose names start with `prefix`, from safetensors (single or sharded) or PyTorch `.bin` files.
-
-    `.bin` files are read with `torch.load(weights_only=True)`: no code from the file runs.
-    """
-    folder = Path(folder)
-    files = checkpoint_files(folder)
+    """Tensors whose names start with `prefix`, from safetensors (single or sharded) or PyTorch `.bin` files."""
     tensors = {}
-    for file in files:
-        if file.suffix == ".safetensors":
-            try:
-                with safe_open(file, framework="pt") as reader:
-                    for key in reader.keys():
-                        if key.startswith(prefix):
-                            tensors[key] = reader.get_tensor(key)
-            except SafetensorError as error:
-                raise damaged_safetensors_error(file, error) from None
-        else:
-            state = load_torch_weights(file)
-            tensors.update({k: v for k, v in state.items() if k.startswith(prefix)})
+    for file in checkpoint_files(Path(folder)):
+        tensors.update(read_tensor_file(file, prefix))
     return tensors
+
+
+def read_tensor_file(path: str | Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """The tensors of one weights file whose names start with `prefix`: from `.safetensors` only those are read (a
+    projector out of a 14B shard), a `.bin`/`.pt` state dict is loaded with weights_only=True (no code runs)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist.")
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(path, framework="pt") as reader:
+                return {key: reader.get_tensor(key) for key in reader.keys() if key.startswith(prefix)}
+        except SafetensorError as error:
+            raise damaged_safetensors_error(path, error) from None
+    state = load_torch_weights(path)
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of named tensors.")
+    return {key: value for key, value in state.items() if key.startswith(prefix)}
 
 
 def load_safetensors(file: str | Path) -> dict[str, torch.Tensor]:
@@ -161,7 +169,9 @@ def load_torch_weights(file: str | Path):
     except pickle.UnpicklingError:
         raise pickled_weights_error(file) from None
     except (RuntimeError, EOFError) as error:
-        raise LangBridgeUsageError(f"{file} is not a readable PyTorch weights file ({error}); download or save it again.") from None
+        raise LangBridgeUsageError(
+            f"{file} is not a readable PyTorch weights file ({error}); download or save it again."
+        ) from None
 
 
 def checkpoint_files(folder: Path) -> list[Path]:

@@ -9,8 +9,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from modeling_langbridge.compose import compose  # noqa: E402
-from modeling_langbridge.tiny import (  # noqa: E402
+from modeling_langbridge.assembly.compose import compose  # noqa: E402
+from modeling_langbridge.assembly.tiny import (  # noqa: E402
     save_clip_vision,
     save_llama_style_llm,
     save_qwen2_style_llm,
@@ -35,7 +35,7 @@ def parts(tmp_path_factory):
 def qwen_clip_dir(parts, tmp_path_factory):
     """A saved LangBridge folder: CLIP (CLS dropped) + Qwen2-style LLM, raw-logit coefficients."""
     torch.manual_seed(0)
-    composed = compose(str(parts["clip"]), str(parts["qwen2"]), projector_hidden_size=64, vocab_size=96)
+    composed = compose(str(parts["clip"]), str(parts["qwen2"]), projector_hidden_size=64, shared_vocab_size=96)
     folder = tmp_path_factory.mktemp("qwen_clip")
     composed.model.save_pretrained(folder)
     composed.processor.save_pretrained(folder)
@@ -47,7 +47,11 @@ def llama_siglip_dir(parts, tmp_path_factory):
     """A saved LangBridge folder: SigLIP (no CLS) + Llama-style LLM, softmax coefficients."""
     torch.manual_seed(1)
     composed = compose(
-        str(parts["siglip"]), str(parts["llama"]), projector_hidden_size=48, vocab_size=80, coefficients="softmax"
+        str(parts["siglip"]),
+        str(parts["llama"]),
+        projector_hidden_size=48,
+        shared_vocab_size=80,
+        coefficient_activation="softmax",
     )
     folder = tmp_path_factory.mktemp("llama_siglip")
     composed.model.save_pretrained(folder)
@@ -64,7 +68,7 @@ def model_dir(request):
 @pytest.fixture(scope="session")
 def world(tmp_path_factory):
     """A small shapes world in LLaVA's layout: captions (stage 1) and question-answer conversations (stage 2)."""
-    from training.world import write_llava_dataset
+    from langbridge_training.demo.world import write_llava_dataset
 
     root = tmp_path_factory.mktemp("world")
     return {
@@ -80,9 +84,9 @@ def world_model_dir(tmp_path_factory, parts):
     """A LangBridge folder whose LLM knows the world's language (a tiny Qwen2-style LM trained on its texts)."""
     import random
 
-    from modeling_langbridge.tiny import byte_level_bpe_tokenizer
-    from training.text_lm import train_causal_lm
-    from training.world import caption, questions, random_scene
+    from langbridge_training.demo.text_lm import train_causal_lm
+    from langbridge_training.demo.world import caption, questions, random_scene
+    from modeling_langbridge.assembly.tiny import byte_level_bpe_tokenizer
 
     rng = random.Random(7)
     texts = []  # documents of several lines, as real LLMs read: a caption, then questions and answers
@@ -93,5 +97,5 @@ def world_model_dir(tmp_path_factory, parts):
     llm = save_qwen2_style_llm(root / "llm", byte_level_bpe_tokenizer(texts), hidden_size=64)
     train_causal_lm(llm, texts, steps=300, progress=False)
     torch.manual_seed(0)
-    composed = compose(str(parts["clip_vision"]), str(llm), projector_hidden_size=64, vocab_size=128)
+    composed = compose(str(parts["clip_vision"]), str(llm), projector_hidden_size=64, shared_vocab_size=128)
     return composed.save(root / "langbridge")

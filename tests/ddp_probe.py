@@ -1,6 +1,6 @@
 """Run the SFT recipe under torchrun and record, per rank, a digest of the final weights.
 
-    python -m torch.distributed.run --nproc_per_node 2 tests/ddp_probe.py --config cfg.yaml
+python -m torch.distributed.run --nproc_per_node 2 tests/ddp_probe.py --config cfg.yaml
 """
 
 import hashlib
@@ -10,8 +10,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from training import sft
-from training.arguments import LangBridgeArguments
+from langbridge_training import sft
+from langbridge_training.arguments import LangBridgeArguments
 
 
 class WeightDigest(TrainerCallback):

@@ -21,11 +21,13 @@ def image_inputs(model_dir) -> dict:
     """A fixed image and question, as the processor prepares them."""
     from transformers import AutoProcessor
 
-    from modeling_langbridge.tiny import random_shapes_image
+    from modeling_langbridge.assembly.tiny import random_shapes_image
 
     processor = AutoProcessor.from_pretrained(model_dir)
-    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
-                                         add_generation_prompt=True)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}],
+        add_generation_prompt=True,
+    )
     return processor(images=[random_shapes_image(0)], text=[text], return_tensors="pt")
 
 
@@ -51,18 +53,31 @@ def train() -> None:
     from transformers import TrainerCallback
     from trl import ModelConfig, SFTConfig, TrlParser
 
-    from training import sft
-    from training.arguments import LangBridgeArguments
+    from langbridge_training import sft
+    from langbridge_training.arguments import LangBridgeArguments
 
     class Shards(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, **kwargs):
-            record = {name: {"dtensor": isinstance(p, DTensor), "local": (p.to_local() if isinstance(p, DTensor) else p).numel(),
-                             "full": p.numel(), "dtype": str(p.dtype), "trainable": p.requires_grad}
-                      for name, p in model.named_parameters()}
+            record = {
+                name: {
+                    "dtensor": isinstance(p, DTensor),
+                    "local": (p.to_local() if isinstance(p, DTensor) else p).numel(),
+                    "full": p.numel(),
+                    "dtype": str(p.dtype),
+                    "trainable": p.requires_grad,
+                }
+                for name, p in model.named_parameters()
+            }
             Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-            (Path(args.output_dir) / f"shards-rank{args.process_index}.json").write_text(json.dumps(
-                {"world_size": args.world_size, "fsdp_units": sum(type(m).__name__.startswith("FSDP") for m in model.modules()),
-                 "parameters": record}))
+            (Path(args.output_dir) / f"shards-rank{args.process_index}.json").write_text(
+                json.dumps(
+                    {
+                        "world_size": args.world_size,
+                        "fsdp_units": sum(type(m).__name__.startswith("FSDP") for m in model.modules()),
+                        "parameters": record,
+                    }
+                )
+            )
 
     cpu_fsdp()
     arguments = TrlParser((LangBridgeArguments, SFTConfig, ModelConfig)).parse_args_and_config()
@@ -90,7 +105,9 @@ def visual_tokens(model_dir: str, out: str) -> None:
     assert isinstance(embed.weight, DTensor) and embed.weight.to_local().shape[0] < embed.weight.shape[0]
 
     captured = []
-    model.model.multi_modal_projector.register_forward_hook(lambda module, args, output: captured.append(output.detach()))
+    model.model.multi_modal_projector.register_forward_hook(
+        lambda module, args, output: captured.append(output.detach())
+    )
     with torch.no_grad():
         model(**image_inputs(model_dir))
     if dist.get_rank() == 0:

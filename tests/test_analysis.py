@@ -1,18 +1,15 @@
 """Reading visual tokens of an ordinary connector (the paper's Figure 1), VQA scoring, and the harness runner."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from modeling_langbridge.alignment import expand_checkpoints, measure, read_nearest
-from modeling_langbridge.compose import compose_llava
-from modeling_langbridge.evaluation import exact_match, normalize_answer, summarize, vqa_accuracy
-from modeling_langbridge.harness import HarnessRunner
-from modeling_langbridge.harness.runner import cut_at_stops, greedy_settings
-from modeling_langbridge.tiny import random_shapes_image
+from langbridge_training.demo.llava_baseline import compose_llava
+from modeling_langbridge.analysis.alignment import expand_checkpoints, measure, read_nearest
+from modeling_langbridge.analysis.evaluation import exact_match, normalize_answer, summarize, vqa_accuracy
+from modeling_langbridge.analysis.harness import HarnessRunner
+from modeling_langbridge.analysis.harness.runner import cut_at_stops, greedy_settings
+from modeling_langbridge.assembly.tiny import random_shapes_image
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +85,10 @@ def test_vqa_accuracy_on_a_hand_built_case():
         {"prediction": "blue", "answers": ["red"], "kind": "colour"},
     ]
     for p in predictions:
-        p["vqa_accuracy"], p["exact_match"] = vqa_accuracy(p["prediction"], p["answers"]), exact_match(p["prediction"], p["answers"])
+        p["vqa_accuracy"], p["exact_match"] = (
+            vqa_accuracy(p["prediction"], p["answers"]),
+            exact_match(p["prediction"], p["answers"]),
+        )
     result = summarize(predictions)
     assert result.overall.vqa_accuracy == pytest.approx((0.6 + 1 + 0) / 3)
     assert result.overall.exact_match == pytest.approx(2 / 3)
@@ -107,8 +107,11 @@ def test_harness_runner_generates_in_batches_and_scores_continuations(qwen_clip_
     runner = HarnessRunner(str(qwen_clip_dir), device="cpu", dtype="float32")
     images = [random_shapes_image(0), random_shapes_image(1)]
     torch.manual_seed(0)
-    batched = runner.generate(["<image>\nWhat colour is the square?", "How many shapes?"], [[images[0]], [images[1]]],
-                              {"max_new_tokens": 5, "temperature": 0})
+    batched = runner.generate(
+        ["<image>\nWhat colour is the square?", "How many shapes?"],
+        [[images[0]], [images[1]]],
+        {"max_new_tokens": 5, "temperature": 0},
+    )
     alone = runner.generate(["How many shapes?"], [[images[1]]], {"max_new_tokens": 5})
     assert len(batched) == 2 and batched[1] == alone[0]  # left padding: batching does not change an answer
 
@@ -118,31 +121,45 @@ def test_harness_runner_generates_in_batches_and_scores_continuations(qwen_clip_
     start = runner.inputs([prompt], [images[0]])["input_ids"].shape[1]
     with torch.no_grad():
         log_probs = torch.log_softmax(runner.model(**inputs).logits[0].float(), -1)
-    expected = sum(log_probs[position - 1, inputs["input_ids"][0, position]].item()
-                   for position in range(start, inputs["input_ids"].shape[1]))
+    expected = sum(
+        log_probs[position - 1, inputs["input_ids"][0, position]].item()
+        for position in range(start, inputs["input_ids"].shape[1])
+    )
     assert total == pytest.approx(expected, rel=1e-5) and total < 0 and isinstance(greedy, bool)
 
 
 def test_lmms_eval_plugin_answers_requests(qwen_clip_dir, monkeypatch):
     """Runs only where lmms-eval is installed (it needs torchvision); see README, "Evaluation"."""
     pytest.importorskip("lmms_eval")
-    monkeypatch.setenv("LMMS_EVAL_PLUGINS", "modeling_langbridge.harness")
+    monkeypatch.setenv("LMMS_EVAL_PLUGINS", "modeling_langbridge.analysis.harness")
     from lmms_eval.api.instance import Instance
-
     from lmms_eval.models import get_model
 
     LangBridge = get_model("langbridge")  # resolved by lmms-eval's own registry, as `--model langbridge` is
-    assert LangBridge.__module__ == "modeling_langbridge.harness.models.langbridge"
+    assert LangBridge.__module__ == "modeling_langbridge.analysis.harness.models.langbridge"
     model = LangBridge(pretrained=str(qwen_clip_dir), device="cpu", dtype="float32", batch_size=2)
     docs = {0: {"image": random_shapes_image(0)}, 1: {"image": random_shapes_image(1)}}
     model.task_dict = {"shapes": {"test": docs}}
     visual = lambda doc: [doc["image"]]  # noqa: E731
-    requests = [Instance(request_type="generate_until", arguments=("What colour?", {"max_new_tokens": 4, "until": ["\n"]},
-                                                                    visual, i, "shapes", "test"), idx=i,
-                         metadata={"task": "shapes", "doc_id": i, "repeats": 1})
-                for i in docs]
+    requests = [
+        Instance(
+            request_type="generate_until",
+            arguments=("What colour?", {"max_new_tokens": 4, "until": ["\n"]}, visual, i, "shapes", "test"),
+            idx=i,
+            metadata={"task": "shapes", "doc_id": i, "repeats": 1},
+        )
+        for i in docs
+    ]
     replies = model.generate_until(requests)
     assert len(replies) == 2 and all(isinstance(r, str) and "\n" not in r for r in replies)
-    scored = model.loglikelihood([Instance(request_type="loglikelihood", arguments=("What colour?", " red", visual, 0, "shapes", "test"),
-                                           idx=0, metadata={"task": "shapes", "doc_id": 0, "repeats": 1})])
+    scored = model.loglikelihood(
+        [
+            Instance(
+                request_type="loglikelihood",
+                arguments=("What colour?", " red", visual, 0, "shapes", "test"),
+                idx=0,
+                metadata={"task": "shapes", "doc_id": 0, "repeats": 1},
+            )
+        ]
+    )
     assert scored[0][0] < 0

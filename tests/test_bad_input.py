@@ -18,19 +18,19 @@ from PIL import Image
 from safetensors.torch import save_file
 from transformers import AutoProcessor, AutoTokenizer, pipeline
 
+from langbridge_training import pretrain, sft
+from langbridge_training.data import DataReport, fit_to_length, load_llava_json, with_lazy_images
+from langbridge_training.outputs import resume_argument, save_adapter
 from modeling_langbridge import LangBridgeConfig
-from modeling_langbridge.adapter import LangBridgeAdapter
+from modeling_langbridge.assembly.adapter import LangBridgeAdapter
+from modeling_langbridge.assembly.compose import compose
+from modeling_langbridge.assembly.corpus import iter_corpus
+from modeling_langbridge.assembly.tiny import random_shapes_image
+from modeling_langbridge.assembly.vocab import SharedVocabulary, TokenizerVocabulary, is_word_like
 from modeling_langbridge.cli import main as cli
-from modeling_langbridge.compose import compose
-from modeling_langbridge.corpus import iter_corpus
 from modeling_langbridge.errors import LangBridgeUsageError
 from modeling_langbridge.files import read_checkpoint_tensors
-from modeling_langbridge.processing_langbridge import open_image
-from modeling_langbridge.tiny import random_shapes_image
-from modeling_langbridge.vocab import SharedVocabulary, TokenizerVocabulary, is_word_like
-from training import pretrain, sft
-from training.data import DataReport, fit_to_length, load_llava_json, open_image as training_open_image, with_lazy_images
-from training.outputs import resume_argument, save_adapter
+from modeling_langbridge.model.processing_langbridge import open_image
 
 
 def damage_png(source: Path, target: Path) -> Path:
@@ -70,8 +70,14 @@ def run_cli(argv, capsys) -> tuple[int, str]:
 
 def llava_records(n: int, captions=None, image="ok.png") -> list[dict]:
     captions = captions or ["a red circle"] * n
-    return [{"id": str(i), "image": image, "conversations": [{"from": "human", "value": "<image>"},
-                                                             {"from": "gpt", "value": captions[i]}]} for i in range(n)]
+    return [
+        {
+            "id": str(i),
+            "image": image,
+            "conversations": [{"from": "human", "value": "<image>"}, {"from": "gpt", "value": captions[i]}],
+        }
+        for i in range(n)
+    ]
 
 
 # ---------------------------------------------------------------- the bad ones
@@ -93,16 +99,21 @@ def test_damaged_png_data_fails_everywhere_an_image_is_read(qwen_clip_dir, image
     damaged = images / "damaged.png"
     plain = Image.open(damaged)
     plain.load()  # Pillow alone decodes it without a word
-    for read in (open_image, training_open_image):
-        with pytest.raises(ValueError, match=r"cannot read the image .*damaged\.png.*checksum"):
-            read(damaged)
+    with pytest.raises(
+        ValueError, match=r"cannot read the image .*damaged\.png.*checksum"
+    ):  # training reads with it too
+        open_image(damaged)
     with pytest.raises(ValueError, match=r"damaged\.png"):  # a PIL image opened by the caller is checked too
         AutoProcessor.from_pretrained(qwen_clip_dir)(images=[Image.open(damaged)], text="<image>", return_tensors="pt")
 
     chat = pipeline("image-text-to-text", model=str(qwen_clip_dir))
     with pytest.raises(ValueError, match=r"cannot read the image .*damaged\.png"):
-        chat(text=[{"role": "user", "content": [{"type": "image", "url": str(damaged)}, {"type": "text", "text": "hi"}]}],
-             max_new_tokens=1)
+        chat(
+            text=[
+                {"role": "user", "content": [{"type": "image", "url": str(damaged)}, {"type": "text", "text": "hi"}]}
+            ],
+            max_new_tokens=1,
+        )
 
     status, error = run_cli(["interpret", damaged, "--model", qwen_clip_dir, "--out", tmp_path / "o.png"], capsys)
     assert status == 2 and "damaged.png" in error and not (tmp_path / "o.png").exists()
@@ -118,8 +129,10 @@ def test_sixteen_bit_greyscale_is_scaled_not_washed_out(qwen_clip_dir, images):
 
     processor = AutoProcessor.from_pretrained(qwen_clip_dir)
     eight_bit = Image.fromarray(expected, mode="L")
-    assert torch.equal(processor(images=[grey16], text="<image>", return_tensors="pt")["pixel_values"],
-                       processor(images=[eight_bit], text="<image>", return_tensors="pt")["pixel_values"])
+    assert torch.equal(
+        processor(images=[grey16], text="<image>", return_tensors="pt")["pixel_values"],
+        processor(images=[eight_bit], text="<image>", return_tensors="pt")["pixel_values"],
+    )
 
 
 @pytest.mark.parametrize("size", [0, -5])
@@ -130,7 +143,7 @@ def test_vocabulary_sizes_below_one_are_refused_in_the_api(parts, size):
     with pytest.raises(LangBridgeUsageError, match="at least 1"):
         SharedVocabulary.build([tokenizer, tokenizer], ["a red circle"], size, progress=False)
     with pytest.raises(LangBridgeUsageError, match="at least 1"):
-        compose(str(parts["clip"]), str(parts["qwen2"]), projector_hidden_size=16, vocab_size=size)
+        compose(str(parts["clip"]), str(parts["qwen2"]), projector_hidden_size=16, shared_vocab_size=size)
     with pytest.raises(ValueError, match="shared_vocab_size must be a whole number of at least 1"):
         LangBridgeConfig(shared_vocab_size=size)
 
@@ -165,9 +178,17 @@ def test_stage_one_drops_empty_captions_and_refuses_when_none_is_left(qwen_clip_
 
 
 def recipe_config(path: Path, **settings) -> Path:
-    base = {"use_cpu": True, "bf16": False, "report_to": [], "save_strategy": "no", "max_steps": 1,
-            "per_device_train_batch_size": 2, "dataloader_num_workers": 0, "disable_tqdm": True,
-            "activation_checkpointing": False}
+    base = {
+        "use_cpu": True,
+        "bf16": False,
+        "report_to": [],
+        "save_strategy": "no",
+        "max_steps": 1,
+        "per_device_train_batch_size": 2,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+        "activation_checkpointing": False,
+    }
     path.write_text(yaml.safe_dump({**base, **settings}))
     return path
 
@@ -175,9 +196,11 @@ def recipe_config(path: Path, **settings) -> Path:
 def run_recipe(recipe, config: Path):
     from trl import ModelConfig, SFTConfig, TrlParser
 
-    from training.arguments import LangBridgeArguments
+    from langbridge_training.arguments import LangBridgeArguments
 
-    return recipe.main(*TrlParser((LangBridgeArguments, SFTConfig, ModelConfig)).parse_args_and_config(["--config", str(config)]))
+    return recipe.main(
+        *TrlParser((LangBridgeArguments, SFTConfig, ModelConfig)).parse_args_and_config(["--config", str(config)])
+    )
 
 
 def test_pretrain_never_deletes_an_adapter_folder_it_did_not_write(qwen_clip_dir, images, tmp_path):
@@ -185,8 +208,13 @@ def test_pretrain_never_deletes_an_adapter_folder_it_did_not_write(qwen_clip_dir
     out = tmp_path / "run"
     (out / "adapter").mkdir(parents=True)
     (out / "adapter" / "my_notes.txt").write_text("a week of work")
-    config = recipe_config(tmp_path / "p.yaml", model_name_or_path=str(qwen_clip_dir), dataset=str(tmp_path / "data.json"),
-                           image_folder=str(images), output_dir=str(out))
+    config = recipe_config(
+        tmp_path / "p.yaml",
+        model_name_or_path=str(qwen_clip_dir),
+        dataset=str(tmp_path / "data.json"),
+        image_folder=str(images),
+        output_dir=str(out),
+    )
     with pytest.raises(LangBridgeUsageError, match=r"adapter exists and is not a LangBridge adapter.*will not delete"):
         run_recipe(pretrain, config)
     assert (out / "adapter" / "my_notes.txt").read_text() == "a week of work"
@@ -200,7 +228,9 @@ def test_a_runs_own_adapter_is_replaced_whole(qwen_clip_dir, tmp_path):
     adapter.weights["linear_1.bias"] = adapter.weights["linear_1.bias"] + 1
     save_adapter(adapter, target)
     assert (target / "langbridge_adapter.safetensors").read_bytes() != first
-    assert torch.equal(LangBridgeAdapter.from_pretrained(target).weights["linear_1.bias"], adapter.weights["linear_1.bias"])
+    assert torch.equal(
+        LangBridgeAdapter.from_pretrained(target).weights["linear_1.bias"], adapter.weights["linear_1.bias"]
+    )
     assert sorted(p.name for p in target.parent.iterdir()) == ["adapter"]  # no scratch or old copy left
 
 
@@ -210,8 +240,13 @@ def test_sft_into_the_model_folder_is_refused(qwen_clip_dir, images, tmp_path):
     before = (model / "model.safetensors").read_bytes()
     (tmp_path / "data.json").write_text(json.dumps(llava_records(4)))
     for output_dir in (model, model.parent):
-        config = recipe_config(tmp_path / "s.yaml", model_name_or_path=str(model), dataset=str(tmp_path / "data.json"),
-                               image_folder=str(images), output_dir=str(output_dir))
+        config = recipe_config(
+            tmp_path / "s.yaml",
+            model_name_or_path=str(model),
+            dataset=str(tmp_path / "data.json"),
+            image_folder=str(images),
+            output_dir=str(output_dir),
+        )
         with pytest.raises(LangBridgeUsageError, match="is \\(or holds\\) the model being trained"):
             run_recipe(sft, config)
     assert (model / "model.safetensors").read_bytes() == before
@@ -250,10 +285,12 @@ def test_llava_json_with_an_unknown_role_names_file_and_record(tmp_path):
 
 @pytest.mark.parametrize(
     ("name", "content", "expected"),
-    [("corpus.txt", bytes(range(256)) * 4, r"corpus\.txt:1 is not UTF-8 text"),
-     ("corpus.jsonl", b'{"text": "a red circle"}\n{"text": oops}\n', r"corpus\.jsonl:2 is not valid JSON"),
-     ("corpus.jsonl", b'{"text": "a"}\n[1, 2]\n', r"corpus\.jsonl:2 is a JSON list"),
-     ("corpus.json", b'[{"text": "a"}, {"other": 1}]', r"corpus\.json: record 1: Cannot tell which field")],
+    [
+        ("corpus.txt", bytes(range(256)) * 4, r"corpus\.txt:1 is not UTF-8 text"),
+        ("corpus.jsonl", b'{"text": "a red circle"}\n{"text": oops}\n', r"corpus\.jsonl:2 is not valid JSON"),
+        ("corpus.jsonl", b'{"text": "a"}\n[1, 2]\n', r"corpus\.jsonl:2 is a JSON list"),
+        ("corpus.json", b'[{"text": "a"}, {"other": 1}]', r"corpus\.json: record 1: Cannot tell which field"),
+    ],
 )
 def test_corpus_errors_name_file_and_line(tmp_path, name, content, expected):
     (tmp_path / name).write_bytes(content)
@@ -264,10 +301,14 @@ def test_corpus_errors_name_file_and_line(tmp_path, name, content, expected):
 def test_eval_errors_name_the_data_file_and_line(qwen_clip_dir, images, tmp_path, capsys):
     shutil.copy(images / "truncated.png", tmp_path / "truncated.png")
     shutil.copy(images / "ok.png", tmp_path / "ok.png")
-    lines = [{"image": "ok.png", "question": "What?", "answers": ["red"]},
-             {"image": "truncated.png", "question": "What?", "answers": ["red"]}]
+    lines = [
+        {"image": "ok.png", "question": "What?", "answers": ["red"]},
+        {"image": "truncated.png", "question": "What?", "answers": ["red"]},
+    ]
     (tmp_path / "q.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
-    status, error = run_cli(["eval", "--model", qwen_clip_dir, "--data", tmp_path / "q.jsonl", "--batch-size", 1], capsys)
+    status, error = run_cli(
+        ["eval", "--model", qwen_clip_dir, "--data", tmp_path / "q.jsonl", "--batch-size", 1], capsys
+    )
     assert status == 2 and "truncated.png" in error and "q.jsonl:2" in error
 
     (tmp_path / "bad.jsonl").write_text(json.dumps(lines[0]) + "\n{not json\n")
@@ -276,18 +317,22 @@ def test_eval_errors_name_the_data_file_and_line(qwen_clip_dir, images, tmp_path
 
 
 def test_missing_local_paths_are_reported_as_missing(parts, tmp_path):
-    with pytest.raises(LangBridgeUsageError, match=r"\./no/such/llm does not exist; give an existing language model folder"):
-        compose(str(parts["clip"]), "./no/such/llm", projector_hidden_size=16, vocab_size=8)
+    with pytest.raises(
+        LangBridgeUsageError, match=r"\./no/such/llm does not exist; give an existing language model folder"
+    ):
+        compose(str(parts["clip"]), "./no/such/llm", projector_hidden_size=16, shared_vocab_size=8)
     with pytest.raises(LangBridgeUsageError, match="does not exist"):
-        compose(str(tmp_path / "missing-clip"), str(parts["qwen2"]), projector_hidden_size=16, vocab_size=8)
+        compose(str(tmp_path / "missing-clip"), str(parts["qwen2"]), projector_hidden_size=16, shared_vocab_size=8)
 
 
 @pytest.mark.parametrize(
     ("settings", "expected"),
-    [({"vision_feature_layer": 99}, "vision_feature_layer 99 does not exist"),
-     ({"vision_feature_layer": -40}, "vision_feature_layer -40 does not exist"),
-     ({"projector_hidden_size": 0}, "projector_hidden_size must be a whole number of at least 1"),
-     ({"image_seq_length": 0}, "image_seq_length must be a whole number of at least 1")],
+    [
+        ({"vision_feature_layer": 99}, "vision_feature_layer 99 does not exist"),
+        ({"vision_feature_layer": -40}, "vision_feature_layer -40 does not exist"),
+        ({"projector_hidden_size": 0}, "projector_hidden_size must be a whole number of at least 1"),
+        ({"image_seq_length": 0}, "image_seq_length must be a whole number of at least 1"),
+    ],
 )
 def test_invalid_settings_are_refused_when_given(settings, expected):
     with pytest.raises(ValueError, match=expected):
@@ -344,7 +389,9 @@ def test_sigterm_leaves_no_scratch_folder(tmp_path):
             print("ready", flush=True)
             time.sleep(60)
     """)
-    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
+    process = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1]
+    )
     assert process.stdout.readline().strip() == "ready"
     assert len(list(tmp_path.glob(".*.partial-*"))) == 2
     process.send_signal(signal.SIGTERM)
@@ -356,8 +403,17 @@ def test_vocab_and_eval_outputs_are_kept_unless_overwrite(tokenizer_folders, qwe
     (tmp_path / "corpus.txt").write_text("a red circle\ntwo blue squares\n")
     out = tmp_path / "vocab.json"
     out.write_text("precious")
-    build = ["vocab", "build", *[x for t in tokenizer_folders for x in ("--tokenizer", t)], "--corpus",
-             tmp_path / "corpus.txt", "--size", 3, "--out", out]
+    build = [
+        "vocab",
+        "build",
+        *[x for t in tokenizer_folders for x in ("--tokenizer", t)],
+        "--corpus",
+        tmp_path / "corpus.txt",
+        "--size",
+        3,
+        "--out",
+        out,
+    ]
     status, error = run_cli(build, capsys)
     assert status == 2 and "vocab.json already exists" in error and "--overwrite" in error
     assert out.read_text() == "precious"
@@ -378,7 +434,12 @@ def test_vocab_and_eval_outputs_are_kept_unless_overwrite(tokenizer_folders, qwe
 
 def test_a_pipeline_batch_mixes_image_and_text_only_chats(qwen_clip_dir):
     chat = pipeline("image-text-to-text", model=str(qwen_clip_dir))
-    with_image = [{"role": "user", "content": [{"type": "image", "image": random_shapes_image(0)}, {"type": "text", "text": "What?"}]}]
+    with_image = [
+        {
+            "role": "user",
+            "content": [{"type": "image", "image": random_shapes_image(0)}, {"type": "text", "text": "What?"}],
+        }
+    ]
     text_only = [{"role": "user", "content": [{"type": "text", "text": "Hello"}]}]
     replies = chat(text=[with_image, text_only, text_only], batch_size=3, max_new_tokens=2, do_sample=False)
     single = chat(text=text_only, max_new_tokens=2, do_sample=False)
@@ -414,7 +475,9 @@ def test_official_frequency_files_and_foreign_ids_are_refused(parts, tmp_path):
     with pytest.raises(LangBridgeUsageError, match=f"ids at or above the tokenizer's size {size}"):
         SharedVocabulary.from_official(tmp_path / "shifted.json", tokenizer_size=size)
     (tmp_path / "ids.json").write_text(json.dumps(tokens))
-    assert SharedVocabulary.from_official(tmp_path / "ids.json", tokenizer_size=size).source["official_ids"] == list(tokens.values())
+    assert SharedVocabulary.from_official(tmp_path / "ids.json", tokenizer_size=size).source["official_ids"] == list(
+        tokens.values()
+    )
 
 
 def test_the_llama3_id_position_layout_reads_in_position_order(parts, tmp_path):
@@ -436,7 +499,9 @@ def _write(path: Path, payload) -> Path:
 def test_from_tokenizer_skips_control_characters_and_counts_what_it_skipped(parts):
     tokenizer = AutoTokenizer.from_pretrained(parts["qwen2"])
     vocabulary = SharedVocabulary.from_tokenizer(tokenizer, 96)
-    assert not any(ch < " " and ch not in "\t\n\r\x0b\x0c" or ch == "\x7f" for token in vocabulary.tokens for ch in token)
+    assert not any(
+        ch < " " and ch not in "\t\n\r\x0b\x0c" or ch == "\x7f" for token in vocabulary.tokens for ch in token
+    )
     assert not is_word_like("\x00") and not is_word_like("\x1b") and is_word_like(".\n")
     ids = TokenizerVocabulary(tokenizer).word_like_ids()[:96]
     skipped = sum(1 for i in tokenizer.get_vocab().values() if i < ids[-1]) - 95
@@ -453,7 +518,13 @@ def cli_cases(parts, qwen_clip_dir, images, tmp_path):
     missing = tmp_path / "missing"
     pickled = tmp_path / "pickled"
     pickled.mkdir()
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "processor_config.json", "chat_template.jinja"):
+    for name in (
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "processor_config.json",
+        "chat_template.jinja",
+    ):
         shutil.copy(Path(qwen_clip_dir) / name, pickled / name)
 
     class Payload:
@@ -470,10 +541,16 @@ def cli_cases(parts, qwen_clip_dir, images, tmp_path):
     records = llava_records(2)
     records[0]["conversations"][1]["from"] = "bot"
     (tmp_path / "bot.json").write_text(json.dumps(records))
-    recipe = recipe_config(tmp_path / "bot.yaml", model_name_or_path=str(qwen_clip_dir), dataset=str(tmp_path / "bot.json"),
-                           image_folder=str(images), output_dir=str(tmp_path / "run"))
-    into_model = recipe_config(tmp_path / "into.yaml", model_name_or_path=str(torn), dataset=str(tmp_path / "bot.json"),
-                               output_dir=str(torn))
+    recipe = recipe_config(
+        tmp_path / "bot.yaml",
+        model_name_or_path=str(qwen_clip_dir),
+        dataset=str(tmp_path / "bot.json"),
+        image_folder=str(images),
+        output_dir=str(tmp_path / "run"),
+    )
+    into_model = recipe_config(
+        tmp_path / "into.yaml", model_name_or_path=str(torn), dataset=str(tmp_path / "bot.json"), output_dir=str(torn)
+    )
     compose_base = ["--vision-model", clip, "--language-model", qwen2, "--out", tmp_path / "c"]
     return [
         ("compose", [*compose_base, "--vocab-size", 0]),
@@ -487,17 +564,68 @@ def cli_cases(parts, qwen_clip_dir, images, tmp_path):
         ("export-adapter", ["--model", qwen2, "--out", tmp_path / "a"]),
         ("export-adapter", ["--model", torn, "--out", tmp_path / "a"]),
         ("export-adapter", ["--model", pickled, "--out", tmp_path / "a"]),
-        ("vocab build", ["--tokenizer", qwen2, "--tokenizer", qwen2, "--corpus", tmp_path / "binary.txt", "--size", 0,
-                         "--out", tmp_path / "v.json"]),
-        ("vocab build", ["--tokenizer", qwen2, "--tokenizer", parts["llama"], "--corpus", tmp_path / "binary.txt",
-                         "--size", 4, "--out", tmp_path / "v.json"]),
-        ("vocab build", ["--tokenizer", qwen2, "--tokenizer", "./no/tokenizer", "--corpus", tmp_path / "bad.jsonl",
-                         "--size", 4, "--out", tmp_path / "v.json"]),
+        (
+            "vocab build",
+            [
+                "--tokenizer",
+                qwen2,
+                "--tokenizer",
+                qwen2,
+                "--corpus",
+                tmp_path / "binary.txt",
+                "--size",
+                0,
+                "--out",
+                tmp_path / "v.json",
+            ],
+        ),
+        (
+            "vocab build",
+            [
+                "--tokenizer",
+                qwen2,
+                "--tokenizer",
+                parts["llama"],
+                "--corpus",
+                tmp_path / "binary.txt",
+                "--size",
+                4,
+                "--out",
+                tmp_path / "v.json",
+            ],
+        ),
+        (
+            "vocab build",
+            [
+                "--tokenizer",
+                qwen2,
+                "--tokenizer",
+                "./no/tokenizer",
+                "--corpus",
+                tmp_path / "bad.jsonl",
+                "--size",
+                4,
+                "--out",
+                tmp_path / "v.json",
+            ],
+        ),
         ("vocab inspect", [tmp_path / "binary.txt"]),
         ("vocab inspect", [missing]),
-        ("convert-official", ["--projector", pickled / "pytorch_model.bin", "--vocab", tmp_path / "frequency.json",
-                              "--out", tmp_path / "o"]),
-        ("convert-official", ["--checkpoint", missing, "--vocab", tmp_path / "frequency.json", "--out", tmp_path / "o"]),
+        (
+            "convert-official",
+            [
+                "--projector",
+                pickled / "pytorch_model.bin",
+                "--vocab",
+                tmp_path / "frequency.json",
+                "--out",
+                tmp_path / "o",
+            ],
+        ),
+        (
+            "convert-official",
+            ["--checkpoint", missing, "--vocab", tmp_path / "frequency.json", "--out", tmp_path / "o"],
+        ),
         ("train", ["pretrain", "--config", missing]),
         ("train", ["pretrain", "--config", recipe]),
         ("train", ["sft", "--config", into_model]),

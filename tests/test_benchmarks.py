@@ -11,8 +11,9 @@ from benchmarks.projection import D, T
 def test_compare_measures_each_side_and_counts_the_gradients_both_return():
     tokens, hidden = 64, 16
     options = {"activation": "none", "tokens": tokens, "hidden": hidden, "embeddings": "trained"}
-    results = compare("benchmarks.projection", "projection", {side: {"path": side, **options} for side in ("naive", "new")},
-                      repeats=3)
+    results = compare(
+        "benchmarks.projection", "projection", {side: {"path": side, **options} for side in ("naive", "new")}, repeats=3
+    )
 
     gradient_mb = 4 * (tokens * hidden + T * hidden + T + T * D) / 2**20  # dh, dW, db, dE in float32
     for side in ("naive", "new"):

@@ -36,4 +36,35 @@ def test_every_option_has_help_and_its_default_shows():
             assert action.help, f"{parser.prog} {action.dest} has no help"
             if action.option_strings and action.default not in (None, False) and not isinstance(action.default, bool):
                 assert "default" in formatter._get_help_string(action), f"{parser.prog} {action.dest}"
-    assert "(default: 0)" in " ".join(build_parser()._subparsers._group_actions[0].choices["demo"].format_help().split())
+    assert "(default: 0)" in " ".join(
+        build_parser()._subparsers._group_actions[0].choices["demo"].format_help().split()
+    )
+
+
+def test_compose_flags_state_the_defaults_of_compose_itself():
+    """One owner per setting: the flags carry the config's names, and the defaults they state are compose()'s own."""
+    import inspect
+
+    from modeling_langbridge.assembly.compose import compose
+
+    defaults = {n: p.default for n, p in inspect.signature(compose).parameters.items() if p.default is not p.empty}
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    stated = {}
+    for action in commands.choices["compose"]._actions:
+        if action.dest in defaults:
+            given = action.default is not None  # a flag with an argparse default passes it on; the others state it
+            stated[action.dest] = (
+                action.default if given else (action.help or "").rsplit("(default: ", 1)[-1].rstrip(")")
+            )
+    assert {
+        "shared_vocab_size",
+        "coefficient_activation",
+        "projector_hidden_size",
+        "projector_hidden_act",
+        "vision_feature_layer",
+        "min_coverage",
+        "dtype",
+    } <= set(stated)
+    for name, value in stated.items():
+        stated_by_words = ("vocab", "vision_feature_select_strategy", "image_grid_pinpoints")  # "from the tower", ...
+        assert str(value) == str(defaults[name]) or name in stated_by_words, name

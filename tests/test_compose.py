@@ -4,10 +4,16 @@ import json
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, CLIPVisionModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    CLIPVisionModel,
+)
 
+from modeling_langbridge.assembly.vocab import SharedVocabulary, TokenizerVocabulary
 from modeling_langbridge.cli import main
-from modeling_langbridge.vocab import SharedVocabulary, TokenizerVocabulary
 
 
 def same_weights(module, reference, prefix=""):
@@ -18,8 +24,21 @@ def same_weights(module, reference, prefix=""):
 
 def test_cli_compose_keeps_pretrained_weights_and_picks_ordinary_tokens(parts, tmp_path, capsys):
     out = tmp_path / "composed"
-    code = main(["compose", "--vision-model", str(parts["clip"]), "--language-model", str(parts["qwen2"]),
-                 "--out", str(out), "--projector-hidden-size", "32", "--vocab-size", "100"])
+    code = main(
+        [
+            "compose",
+            "--vision-model",
+            str(parts["clip"]),
+            "--language-model",
+            str(parts["qwen2"]),
+            "--out",
+            str(out),
+            "--projector-hidden-size",
+            "32",
+            "--vocab-size",
+            "100",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "the first 100 ordinary tokens" in printed and "skipping" in printed
@@ -47,8 +66,26 @@ def test_cli_compose_keeps_pretrained_weights_and_picks_ordinary_tokens(parts, t
 
 def test_vision_only_checkpoint_and_a_llama_that_needs_a_new_embedding_row(parts, tmp_path):
     out = tmp_path / "composed"
-    assert main(["compose", "--vision-model", str(parts["clip_vision"]), "--language-model", str(parts["llama"]),
-                 "--out", str(out), "--projector-hidden-size", "24", "--vocab-size", "50", "--coefficients", "softmax"]) == 0
+    assert (
+        main(
+            [
+                "compose",
+                "--vision-model",
+                str(parts["clip_vision"]),
+                "--language-model",
+                str(parts["llama"]),
+                "--out",
+                str(out),
+                "--projector-hidden-size",
+                "24",
+                "--vocab-size",
+                "50",
+                "--coefficients",
+                "softmax",
+            ]
+        )
+        == 0
+    )
     model = AutoModelForImageTextToText.from_pretrained(out)
     llama = AutoModelForCausalLM.from_pretrained(parts["llama"])
     same_weights(model.model.vision_tower, CLIPVisionModel.from_pretrained(parts["clip_vision"]))
@@ -64,16 +101,30 @@ def test_compose_from_a_vocabulary_file_and_a_hub_style_config(parts, tmp_path):
     tokens = [" red", " green", " blue", " circle", " square", " star"]
     vocab_file = SharedVocabulary(tokens=tokens).save(tmp_path / "vocab.json")
     config_file = tmp_path / "pair.json"
-    config_file.write_text(json.dumps({
-        "vision_model_name_or_path": str(parts["clip"]), "language_model_name_or_path": str(parts["qwen2"]),
-        "projector_hidden_size": 40, "shared_vocab_size": 19200, "coefficient_activation": "softmax",
-        "vision_feature_layer": -1,
-    }))
+    config_file.write_text(
+        json.dumps(
+            {
+                "vision_model_name_or_path": str(parts["clip"]),
+                "language_model_name_or_path": str(parts["qwen2"]),
+                "projector_hidden_size": 40,
+                "shared_vocab_size": 19200,
+                "coefficient_activation": "softmax",
+                "vision_feature_layer": -1,
+            }
+        )
+    )
     out = tmp_path / "composed"
     assert main(["compose", "--config", str(config_file), "--vocab", str(vocab_file), "--out", str(out)]) == 0
     model = AutoModelForImageTextToText.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
-    assert [tokenizer.convert_ids_to_tokens(i) for i in model.config.vocab_token_ids] == ["Ġred", "Ġgreen", "Ġblue", "Ġcircle", "Ġsquare", "Ġstar"]
+    assert [tokenizer.convert_ids_to_tokens(i) for i in model.config.vocab_token_ids] == [
+        "Ġred",
+        "Ġgreen",
+        "Ġblue",
+        "Ġcircle",
+        "Ġsquare",
+        "Ġstar",
+    ]
     assert model.config.projector_hidden_size == 40
     assert (model.config.coefficient_activation, model.config.vision_feature_layer) == ("softmax", -1)
 
@@ -81,15 +132,57 @@ def test_compose_from_a_vocabulary_file_and_a_hub_style_config(parts, tmp_path):
 def test_compose_refuses_what_it_cannot_build(parts, tmp_path, capsys):
     vocab_file = SharedVocabulary(tokens=[" red", " zebra-unicorn"]).save(tmp_path / "vocab.json")
     out = tmp_path / "never"
-    assert main(["compose", "--vision-model", str(parts["clip"]), "--language-model", str(parts["qwen2"]),
-                 "--vocab", str(vocab_file), "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "compose",
+                "--vision-model",
+                str(parts["clip"]),
+                "--language-model",
+                str(parts["qwen2"]),
+                "--vocab",
+                str(vocab_file),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "Only 50.0% of the shared vocabulary is in" in capsys.readouterr().err
-    assert main(["compose", "--vision-model", str(parts["clip"]), "--language-model", str(parts["qwen2"]),
-                 "--vocab-size", "100000", "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "compose",
+                "--vision-model",
+                str(parts["clip"]),
+                "--language-model",
+                str(parts["qwen2"]),
+                "--vocab-size",
+                "100000",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "has only" in capsys.readouterr().err
     (tmp_path / "not-a-vocab.json").write_text('{"hello": 1}')
-    assert main(["compose", "--vision-model", str(parts["clip"]), "--language-model", str(parts["qwen2"]),
-                 "--vocab", str(tmp_path / "not-a-vocab.json"), "--out", str(out)]) == 2
+    assert (
+        main(
+            [
+                "compose",
+                "--vision-model",
+                str(parts["clip"]),
+                "--language-model",
+                str(parts["qwen2"]),
+                "--vocab",
+                str(tmp_path / "not-a-vocab.json"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "is not a shared-vocabulary file" in capsys.readouterr().err
     assert main(["compose", "--vision-model", str(parts["clip"]), "--out", str(out)]) == 2
     assert "--language-model required" in capsys.readouterr().err

@@ -5,13 +5,19 @@ from modeling_langbridge import LangBridgeConfig
 
 
 def tiny_text(vocab_size=100):
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2
+    )
 
 
 def test_defaults_describe_clip_l_336_with_qwen2_and_the_papers_sizes():
     config = LangBridgeConfig()
     assert isinstance(config.vision_config, CLIPVisionConfig)
-    assert (config.vision_config.hidden_size, config.vision_config.image_size, config.vision_config.patch_size) == (1024, 336, 14)
+    assert (config.vision_config.hidden_size, config.vision_config.image_size, config.vision_config.patch_size) == (
+        1024,
+        336,
+        14,
+    )
     assert isinstance(config.text_config, Qwen2Config) and config.text_config.hidden_size == 896
     assert (config.shared_vocab_size, config.projector_hidden_size) == (19200, 5120)
     assert config.coefficient_activation == "none" and config.combine_in_float32
@@ -34,7 +40,9 @@ def test_round_trip_through_json_and_auto_config(tmp_path):
 
 
 def test_ids_outside_the_llm_vocabulary_are_refused_with_the_fix():
-    with pytest.raises(ValueError, match=r"outside the LLM's vocabulary.*vocab_size = 100.*entry 1: id 150.*langbridge transfer"):
+    with pytest.raises(
+        ValueError, match=r"outside the LLM's vocabulary.*vocab_size = 100.*entry 1: id 150.*langbridge transfer"
+    ):
         LangBridgeConfig(text_config=tiny_text(), vocab_token_ids=[3, 150, [4, -1]], image_token_id=99)
 
 

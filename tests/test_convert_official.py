@@ -7,11 +7,17 @@ import pytest
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, CLIPVisionModel
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    AutoTokenizer,
+    CLIPVisionModel,
+)
 
+from modeling_langbridge.assembly.tiny import random_shapes_image
+from modeling_langbridge.assembly.vocab import TokenizerVocabulary
 from modeling_langbridge.cli import main
-from modeling_langbridge.tiny import random_shapes_image
-from modeling_langbridge.vocab import TokenizerVocabulary
 
 HIDDEN, VOCAB = 40, 50
 
@@ -65,19 +71,37 @@ def write_official_checkpoint(folder, parts, official_parts, *, layout="llava-1.
     weights.update({f"model.mm_projector.{k}": v.clone() for k, v in projector.state_dict().items()})
     weights.update({f"model.vision_tower.vision_tower.{k}": v.clone() for k, v in vision.state_dict().items()})
     config = qwen.config.to_dict() | {
-        "architectures": ["LlavaQwenForCausalLM"], "model_type": "llava_qwen", "mm_projector_type": "mm_vocab",
-        "mm_vocab_size": VOCAB, "mlp_hidden_size": HIDDEN, "mm_hidden_size": 32, "mm_vision_tower": str(parts["clip"]),
-        "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "mm_vocab_matrix": "embedding_matrix.pt",
-        "mm_use_im_start_end": False, "use_mm_proj": True, "tune_mm_mlp_adapter": False, "image_aspect_ratio": "pad",
-        "mm_patch_merge_type": "flat", "tokenizer_model_max_length": 2048, "tokenizer_padding_side": "right",
+        "architectures": ["LlavaQwenForCausalLM"],
+        "model_type": "llava_qwen",
+        "mm_projector_type": "mm_vocab",
+        "mm_vocab_size": VOCAB,
+        "mlp_hidden_size": HIDDEN,
+        "mm_hidden_size": 32,
+        "mm_vision_tower": str(parts["clip"]),
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "patch",
+        "mm_vocab_matrix": "embedding_matrix.pt",
+        "mm_use_im_start_end": False,
+        "use_mm_proj": True,
+        "tune_mm_mlp_adapter": False,
+        "image_aspect_ratio": "pad",
+        "mm_patch_merge_type": "flat",
+        "tokenizer_model_max_length": 2048,
+        "tokenizer_padding_side": "right",
     }
     if layout.startswith("llava-next"):
-        config |= {"mm_tunable_parts": "mm_vision_tower,mm_mlp_adapter,mm_language_model", "mm_vision_tower_lr": 2e-6,
-                   "image_aspect_ratio": "square"}
+        config |= {
+            "mm_tunable_parts": "mm_vision_tower,mm_mlp_adapter,mm_language_model",
+            "mm_vision_tower_lr": 2e-6,
+            "image_aspect_ratio": "square",
+        }
         weights["model.image_newline"] = torch.randn(qwen.config.hidden_size)
     if layout == "llava-next-anyres":
-        config |= {"image_aspect_ratio": "anyres", "mm_patch_merge_type": "spatial_unpad",
-                   "image_grid_pinpoints": [[32, 64], [64, 32], [64, 64]]}
+        config |= {
+            "image_aspect_ratio": "anyres",
+            "mm_patch_merge_type": "spatial_unpad",
+            "image_grid_pinpoints": [[32, 64], [64, 32], [64, 64]],
+        }
     (folder / "config.json").write_text(json.dumps(config, indent=2))
     if shards == "safetensors":
         save_file(weights, folder / "model.safetensors")
@@ -98,18 +122,52 @@ def test_stage1_projector_converts_to_an_adapter_that_keeps_the_official_numeric
     (tmp_path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     torch.save({f"model.mm_projector.{k}": v for k, v in projector.state_dict().items()}, tmp_path / "mm_projector.bin")
 
-    assert main(["convert-official", "--projector", str(tmp_path / "mm_projector.bin"), "--vocab", str(tmp_path / "vocab.json"),
-                 "--trained-with", "Qwen/Qwen2-0.5B-Instruct", "--out", str(tmp_path / "adapter")]) == 0
+    assert (
+        main(
+            [
+                "convert-official",
+                "--projector",
+                str(tmp_path / "mm_projector.bin"),
+                "--vocab",
+                str(tmp_path / "vocab.json"),
+                "--trained-with",
+                "Qwen/Qwen2-0.5B-Instruct",
+                "--out",
+                str(tmp_path / "adapter"),
+            ]
+        )
+        == 0
+    )
     facts = json.loads((tmp_path / "adapter" / "langbridge_adapter.json").read_text())
-    assert (facts["vision_feature_layer"], facts["vision_feature_select_strategy"], facts["coefficient_activation"]) == (-2, "default", "none")
+    assert (
+        facts["vision_feature_layer"],
+        facts["vision_feature_select_strategy"],
+        facts["coefficient_activation"],
+    ) == (-2, "default", "none")
     assert facts["combine_in_float32"] and facts["vision_model_name_or_path"] == "openai/clip-vit-large-patch14-336"
 
     out = tmp_path / "model"
-    assert main(["transfer", "--adapter", str(tmp_path / "adapter"), "--language-model", str(parts["qwen2"]),
-                 "--vision-model", str(parts["clip"]), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "transfer",
+                "--adapter",
+                str(tmp_path / "adapter"),
+                "--language-model",
+                str(parts["qwen2"]),
+                "--vision-model",
+                str(parts["clip"]),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
     assert model.config.vocab_token_ids == list(vocab.values())  # the strings land on the ids the official code used
-    pixel_values = AutoProcessor.from_pretrained(out)(images=[random_shapes_image(2)], text="<image>", return_tensors="pt")["pixel_values"]
+    pixel_values = AutoProcessor.from_pretrained(out)(
+        images=[random_shapes_image(2)], text="<image>", return_tensors="pt"
+    )["pixel_values"]
     matrix = qwen.get_input_embeddings().weight[list(vocab.values())]
     expected = official_visual_tokens(projector, vision, pixel_values, matrix)
     with torch.no_grad():
@@ -121,7 +179,20 @@ def test_stage1_projector_converts_to_an_adapter_that_keeps_the_official_numeric
 def test_full_llava_checkpoint_converts_and_matches_the_official_code(parts, official_parts, tmp_path, shards, capsys):
     checkpoint, weights = write_official_checkpoint(tmp_path / "official", parts, official_parts, shards=shards)
     out = tmp_path / "converted"
-    assert main(["convert-official", "--checkpoint", str(checkpoint), "--vocab", str(checkpoint / "vocab.json"), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "convert-official",
+                "--checkpoint",
+                str(checkpoint),
+                "--vocab",
+                str(checkpoint / "vocab.json"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "equals the checkpoint's embeddings: E read live" in capsys.readouterr().out
 
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
@@ -145,21 +216,43 @@ def test_full_llava_checkpoint_converts_and_matches_the_official_code(parts, off
     torch.testing.assert_close(ours[..., : official.shape[-1]], official)
 
     # The official qwen_1_5 conversation template, system prompt included.
-    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}],
-                                           add_generation_prompt=True)
-    assert prompt == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\nHi<|im_end|>\n"
-                      "<|im_start|>assistant\n")
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Hi"}]}], add_generation_prompt=True
+    )
+    assert prompt == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<image>\nHi<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
 
 
-def test_an_sft_checkpoint_with_trained_embeddings_keeps_the_official_frozen_matrix(parts, official_parts, tmp_path, capsys):
+def test_an_sft_checkpoint_with_trained_embeddings_keeps_the_official_frozen_matrix(
+    parts, official_parts, tmp_path, capsys
+):
     checkpoint, weights = write_official_checkpoint(tmp_path / "official", parts, official_parts, drift=True)
     out = tmp_path / "converted"
-    assert main(["convert-official", "--checkpoint", str(checkpoint), "--vocab", str(checkpoint / "vocab.json"), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "convert-official",
+                "--checkpoint",
+                str(checkpoint),
+                "--vocab",
+                str(checkpoint / "vocab.json"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "keeping the official frozen copy" in capsys.readouterr().out
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
     assert model.config.frozen_vocab_embeddings
-    assert torch.equal(model.get_input_embeddings().weight[:430], weights["model.embed_tokens.weight"])  # SFT'd table kept
-    pixel_values = AutoProcessor.from_pretrained(out)(images=[random_shapes_image(6)], text="<image>", return_tensors="pt")["pixel_values"]
+    assert torch.equal(
+        model.get_input_embeddings().weight[:430], weights["model.embed_tokens.weight"]
+    )  # SFT'd table kept
+    pixel_values = AutoProcessor.from_pretrained(out)(
+        images=[random_shapes_image(6)], text="<image>", return_tensors="pt"
+    )["pixel_values"]
     matrix = torch.load(checkpoint / "embedding_matrix.pt", weights_only=True)
     expected = official_visual_tokens(official_parts["projector"], official_parts["vision"], pixel_values, matrix)
     with torch.no_grad():
@@ -169,29 +262,85 @@ def test_an_sft_checkpoint_with_trained_embeddings_keeps_the_official_frozen_mat
 
 def test_llava_next_layouts(parts, official_parts, tmp_path, capsys):
     flat, _ = write_official_checkpoint(tmp_path / "next-flat", parts, official_parts, layout="llava-next")
-    assert main(["convert-official", "--checkpoint", str(flat), "--vocab", str(flat / "vocab.json"), "--out", str(tmp_path / "a")]) == 0
+    assert (
+        main(
+            [
+                "convert-official",
+                "--checkpoint",
+                str(flat),
+                "--vocab",
+                str(flat / "vocab.json"),
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 0
+    )
 
     assert not AutoModelForImageTextToText.from_pretrained(tmp_path / "a").config.tiling  # square: one view
 
     # anyres checkpoints convert tiled (their numerics: tests/test_tiling.py); unknown variants are refused
     tiled, _ = write_official_checkpoint(tmp_path / "next-anyres", parts, official_parts, layout="llava-next-anyres")
-    assert main(["convert-official", "--checkpoint", str(tiled), "--vocab", str(tiled / "vocab.json"), "--out", str(tmp_path / "b")]) == 0
+    assert (
+        main(
+            [
+                "convert-official",
+                "--checkpoint",
+                str(tiled),
+                "--vocab",
+                str(tiled / "vocab.json"),
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 0
+    )
     assert AutoModelForImageTextToText.from_pretrained(tmp_path / "b").config.tiling
     config = json.loads((tiled / "config.json").read_text())
     (tiled / "config.json").write_text(json.dumps(config | {"mm_patch_merge_type": "maxpool2x2"}))
     refused = tmp_path / "c"
-    assert main(["convert-official", "--checkpoint", str(tiled), "--vocab", str(tiled / "vocab.json"), "--out", str(refused)]) == 2
+    assert (
+        main(
+            [
+                "convert-official",
+                "--checkpoint",
+                str(tiled),
+                "--vocab",
+                str(tiled / "vocab.json"),
+                "--out",
+                str(refused),
+            ]
+        )
+        == 2
+    )
     assert "mm_patch_merge_type='maxpool2x2'" in capsys.readouterr().err
     assert not refused.exists()
 
 
 class TestBadOfficialInput:
     def test_a_projector_file_with_missing_keys(self, official_parts, tmp_path, capsys):
-        state = {f"model.mm_projector.{k}": v for k, v in official_parts["projector"].state_dict().items() if not k.startswith("3.")}
+        state = {
+            f"model.mm_projector.{k}": v
+            for k, v in official_parts["projector"].state_dict().items()
+            if not k.startswith("3.")
+        }
         torch.save(state, tmp_path / "mm_projector.bin")
         (tmp_path / "vocab.json").write_text(json.dumps(official_vocabulary(official_parts["tokenizer"])))
         out = tmp_path / "adapter"
-        assert main(["convert-official", "--projector", str(tmp_path / "mm_projector.bin"), "--vocab", str(tmp_path / "vocab.json"), "--out", str(out)]) == 2
+        assert (
+            main(
+                [
+                    "convert-official",
+                    "--projector",
+                    str(tmp_path / "mm_projector.bin"),
+                    "--vocab",
+                    str(tmp_path / "vocab.json"),
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 2
+        )
         error = capsys.readouterr().err
         assert "lacks the official projector weights ['mm_projector.3.weight', 'mm_projector.3.bias']" in error
         assert not out.exists()
@@ -202,19 +351,61 @@ class TestBadOfficialInput:
         shifted = {token: i + 1 for token, i in vocab.items()}
         (tmp_path / "other-vocab.json").write_text(json.dumps(shifted, ensure_ascii=False))
         out = tmp_path / "converted"
-        assert main(["convert-official", "--checkpoint", str(checkpoint), "--vocab", str(tmp_path / "other-vocab.json"), "--out", str(out)]) == 2
+        assert (
+            main(
+                [
+                    "convert-official",
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--vocab",
+                    str(tmp_path / "other-vocab.json"),
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 2
+        )
         assert "does not belong to this checkpoint's tokenizer" in capsys.readouterr().err
         assert not out.exists()
 
     def test_a_vocabulary_size_that_does_not_fit_the_projector(self, official_parts, tmp_path, capsys):
-        torch.save({f"model.mm_projector.{k}": v for k, v in official_parts["projector"].state_dict().items()}, tmp_path / "p.bin")
-        vocab = dict(list(official_vocabulary(official_parts["tokenizer"]).items())[:VOCAB - 1])
+        torch.save(
+            {f"model.mm_projector.{k}": v for k, v in official_parts["projector"].state_dict().items()},
+            tmp_path / "p.bin",
+        )
+        vocab = dict(list(official_vocabulary(official_parts["tokenizer"]).items())[: VOCAB - 1])
         (tmp_path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-        assert main(["convert-official", "--projector", str(tmp_path / "p.bin"), "--vocab", str(tmp_path / "vocab.json"), "--out", str(tmp_path / "a")]) == 2
+        assert (
+            main(
+                [
+                    "convert-official",
+                    "--projector",
+                    str(tmp_path / "p.bin"),
+                    "--vocab",
+                    str(tmp_path / "vocab.json"),
+                    "--out",
+                    str(tmp_path / "a"),
+                ]
+            )
+            == 2
+        )
         assert f"output layer has {VOCAB} rows but its vocabulary lists {VOCAB - 1} tokens" in capsys.readouterr().err
 
     def test_not_a_vocabulary_and_not_a_state_dict(self, tmp_path, capsys):
         (tmp_path / "vocab.json").write_text('["just", "a", "list"]')
         torch.save(torch.zeros(3), tmp_path / "tensor.bin")
-        assert main(["convert-official", "--projector", str(tmp_path / "tensor.bin"), "--vocab", str(tmp_path / "vocab.json"), "--out", str(tmp_path / "a")]) == 2
+        assert (
+            main(
+                [
+                    "convert-official",
+                    "--projector",
+                    str(tmp_path / "tensor.bin"),
+                    "--vocab",
+                    str(tmp_path / "vocab.json"),
+                    "--out",
+                    str(tmp_path / "a"),
+                ]
+            )
+            == 2
+        )
         assert "not a state dict" in capsys.readouterr().err

@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from langbridge_training.demo.study import REMEDIES
+from langbridge_training.demo.world import QUESTION_KINDS
 from modeling_langbridge.cli import main
-from training.world import QUESTION_KINDS
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +51,23 @@ def test_quick_demo_writes_a_complete_report_and_reuses_its_stages(demo, capsys)
             assert set(scores["by_kind"]) == set(QUESTION_KINDS)
             assert 0.0 <= scores["overall"]["vqa_accuracy"] <= 1.0 and scores["overall"]["count"] > 0
     assert results["transfer"]["coverage"] > 0 and results["vocabulary"]["size"] == min(
-        results["settings"]["shared_vocab_size"], results["vocabulary"]["shared_and_seen"])
+        results["settings"]["shared_vocab_size"], results["vocabulary"]["shared_and_seen"]
+    )
     assert set(results["losses"]["pretrain"]) == {"A", "B", "C"} and len(results["losses"]["sft"]) == 5
 
     report = (out / "report.md").read_text()
-    for section in ("## Test accuracy (%)", "## The parts", "## Validation accuracy (%)", "## Training curves",
-                    "Seed 3 (quick settings)", "![training curves](curves.png)", "![token overlay](overlay.png)",
-                    "![alignment](alignment/none/alignment.png)", "## Transfer before SFT: stage-1 captions (%)", "![nearest words, LLaVA](overlay_llava.png)"):
+    for section in (
+        "## Test accuracy (%)",
+        "## The parts",
+        "## Validation accuracy (%)",
+        "## Training curves",
+        "Seed 3 (quick settings)",
+        "![training curves](curves.png)",
+        "![token overlay](overlay.png)",
+        "![alignment](alignment/none/alignment.png)",
+        "## Transfer before SFT: stage-1 captions (%)",
+        "![nearest words, LLaVA](overlay_llava.png)",
+    ):
         assert section in report, section
     section = report.split("## Test accuracy (%)")[1].split("\n## ")[0]
     table = [line for line in section.splitlines() if line.startswith("| ")]
@@ -65,7 +76,9 @@ def test_quick_demo_writes_a_complete_report_and_reuses_its_stages(demo, capsys)
         with Image.open(out / picture) as image:
             assert image.width > 300 and image.height > 200
     for name in results["runs"]:
-        assert (out / "scores" / (name if name in ("A", "D-llava") else f"{name}-none") / "test_predictions.jsonl").exists()
+        assert (
+            out / "scores" / (name if name in ("A", "D-llava") else f"{name}-none") / "test_predictions.jsonl"
+        ).exists()
     assert (out / "pretrain" / "B-none" / "adapter" / "langbridge_adapter.json").exists()
     assert (out / "world" / "train_conversations.json").exists() and (out / "world" / "train_conversations_hf").is_dir()
     assert set(results["alignment"]) == {"A: LLaVA MLP", "C: LangBridge", "plot", "chance"}
@@ -76,14 +89,19 @@ def test_quick_demo_writes_a_complete_report_and_reuses_its_stages(demo, capsys)
     for splits in before_sft.values():
         assert splits["test"]["images"] == results["settings"]["test_scenes"]
         assert set(splits["test"]) == {"count", "colour", "shape", "column", "exact", "images"}
-        assert 0 <= splits["test"]["exact"] <= min(splits["test"][k] for k in ("count", "colour", "shape", "column")) <= 1
+        assert (
+            0 <= splits["test"]["exact"] <= min(splits["test"][k] for k in ("count", "colour", "shape", "column")) <= 1
+        )
     captions = report.split("## Transfer before SFT")[1].split("\n## ")[0]
     assert sum(line.startswith("| B on LLM-") for line in captions.splitlines()) == 2
 
     # A second run finds every stage done, keeps the times they were measured in, and only rewrites the report.
     times = report.split("Stage times (s, each as measured when the stage ran): ")[1].split(". ")[0]
-    assert re.search(rf"Seed 3 \(quick settings\); LangBridge coefficients: raw logits [^;]*; {results['seconds']:.0f} s on this "
-                     "machine", report)
+    assert re.search(
+        rf"Seed 3 \(quick settings\); LangBridge coefficients: raw logits [^;]*; {results['seconds']:.0f} s on this "
+        "machine",
+        report,
+    )
     assert main(["demo", "--quick", "--out", str(out), "--seed", "3"]) == 0
     second = capsys.readouterr().out
     assert second.count(" cached (") == 26 and "s when it ran)" in second
@@ -91,7 +109,9 @@ def test_quick_demo_writes_a_complete_report_and_reuses_its_stages(demo, capsys)
     assert rerun["runs"] == results["runs"] and rerun["stage_seconds"] == results["stage_seconds"]
     assert rerun["seconds"] == results["seconds"] and len(rerun["cached_stages"]) == 26
     again = (out / "report.md").read_text()
-    assert times in again and f"; {results['seconds']:.0f} s on this machine" in again and "this rerun reused 26" in again
+    assert (
+        times in again and f"; {results['seconds']:.0f} s on this machine" in again and "this rerun reused 26" in again
+    )
 
 
 def test_interpret_reads_the_projectors_own_coefficients(demo, tmp_path, capsys):
@@ -100,8 +120,25 @@ def test_interpret_reads_the_projectors_own_coefficients(demo, tmp_path, capsys)
     model_dir = demo / "sft" / "B-none"
     image_path = sorted((demo / "world" / "images").glob("test_*.png"))[0]
     overlay, readout = tmp_path / "overlay.png", tmp_path / "reading.json"
-    assert main(["interpret", str(image_path), "--model", str(model_dir), "--top-k", "3", "--out", str(overlay),
-                 "--json", str(readout), "--prompt", "How many shapes are there?"]) == 0
+    assert (
+        main(
+            [
+                "interpret",
+                str(image_path),
+                "--model",
+                str(model_dir),
+                "--top-k",
+                "3",
+                "--out",
+                str(overlay),
+                "--json",
+                str(readout),
+                "--prompt",
+                "How many shapes are there?",
+            ]
+        )
+        == 0
+    )
     reading = json.loads(readout.read_text())
     assert reading["grid"] == [3, 3] and reading["method"] == "coefficients" and isinstance(reading["answer"], str)
     assert all(len(tokens) == 3 for tokens in reading["tokens"])
@@ -114,7 +151,9 @@ def test_interpret_reads_the_projectors_own_coefficients(demo, tmp_path, capsys)
     processor = AutoProcessor.from_pretrained(model_dir)
     pixels = processor.image_processor(Image.open(image_path).convert("RGB"), return_tensors="pt")["pixel_values"]
     with torch.no_grad():
-        hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[model.config.vision_feature_layer]
+        hidden = model.model.vision_tower(pixels, output_hidden_states=True).hidden_states[
+            model.config.vision_feature_layer
+        ]
         features = hidden[0, 1:].double()  # CLIP: the CLS token is dropped
         projector = model.model.multi_modal_projector
         layer = lambda linear, x: x @ linear.weight.double().T + linear.bias.double()  # noqa: E731
@@ -131,11 +170,27 @@ def test_alignment_plots_the_llava_runs_checkpoints(demo, tmp_path):
     plot = tmp_path / "alignment.png"
     world = demo / "world"
     images = [str(p) for p in sorted((world / "images").glob("test_*.png"))[:6]]
-    assert main(["alignment", "--checkpoints", str(demo / "pretrain" / "A"), "--images", *images,
-                 "--captions", str(world / "test_captions.json"), "--out", str(plot)]) == 0
+    assert (
+        main(
+            [
+                "alignment",
+                "--checkpoints",
+                str(demo / "pretrain" / "A"),
+                "--images",
+                *images,
+                "--captions",
+                str(world / "test_captions.json"),
+                "--out",
+                str(plot),
+            ]
+        )
+        == 0
+    )
     points = json.loads(plot.with_suffix(".json").read_text())
     assert [p["step"] for p in points] == [20, 40, 40]  # two checkpoints, then the finished run
-    assert all(0 < p["mean_top1_cosine"] <= 1 and 0 <= p["grounded_share"] <= 1 and p["patches"] == 6 * 9 for p in points)
+    assert all(
+        0 < p["mean_top1_cosine"] <= 1 and 0 <= p["grounded_share"] <= 1 and p["patches"] == 6 * 9 for p in points
+    )
     with Image.open(plot) as picture:
         assert picture.width > 500
 
@@ -147,22 +202,55 @@ def test_eval_writes_predictions_and_scores_them(demo, tmp_path):
     first = tmp_path / "first.jsonl"
     first.write_text("".join(json.dumps(q) + "\n" for q in questions))
     model = str(demo / "sft" / "A")
-    assert main(["eval", "--model", model, "--data", str(first), "--image-folder", str(world / "images"),
-                 "--max-new-tokens", "4"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                model,
+                "--data",
+                str(first),
+                "--image-folder",
+                str(world / "images"),
+                "--max-new-tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
     said = [json.loads(line)["prediction"] for line in (tmp_path / "first_predictions.jsonl").read_text().splitlines()]
 
     other = "zzz"
     cases = [
-        ([said[0]] * 10, 1.0),                  # ten annotators agree with the model
-        ([said[1]] * 2 + [other] * 8, 0.6),     # two of ten: VQA gives 0.6, not 0.2
+        ([said[0]] * 10, 1.0),  # ten annotators agree with the model
+        ([said[1]] * 2 + [other] * 8, 0.6),  # two of ten: VQA gives 0.6, not 0.2
         ([other] * 10, 0.0),
-        ([f"The {said[3].upper()}!"], 1.0),     # one reference, normalised: case, article, punctuation
+        ([f"The {said[3].upper()}!"], 1.0),  # one reference, normalised: case, article, punctuation
     ]
     known = tmp_path / "known.jsonl"
-    known.write_text("".join(json.dumps({**q, "answers": answers, "kind": "hand"}) + "\n"
-                             for q, (answers, _) in zip(questions, cases)))
-    assert main(["eval", "--model", model, "--data", str(known), "--image-folder", str(world / "images"),
-                 "--max-new-tokens", "4", "--out", str(tmp_path / "scored")]) == 0
+    known.write_text(
+        "".join(
+            json.dumps({**q, "answers": answers, "kind": "hand"}) + "\n" for q, (answers, _) in zip(questions, cases)
+        )
+    )
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                model,
+                "--data",
+                str(known),
+                "--image-folder",
+                str(world / "images"),
+                "--max-new-tokens",
+                "4",
+                "--out",
+                str(tmp_path / "scored"),
+            ]
+        )
+        == 0
+    )
     scores = json.loads((tmp_path / "scored_scores.json").read_text())
     assert scores["overall"]["vqa_accuracy"] == pytest.approx(sum(score for _, score in cases) / 4)
     assert scores["by_kind"]["hand"]["count"] == 4
@@ -205,13 +293,21 @@ def test_the_study_caches_each_run_and_summarises_every_seed(demo, tmp_path, cap
             statistics = part["statistics"][split]["B"]["accuracy"]
             assert statistics["min"] <= statistics["mean"] <= statistics["max"]
             assert statistics["spread"] == pytest.approx(statistics["max"] - statistics["min"])
-        assert set(part["captions_before_sft"]["4"]) == {"A on LLM-2", "B on LLM-1", "B on LLM-2 (transferred)", "C on LLM-2"}
+        assert {"similarity_agreement", "readable_colour", "effective_tokens"} <= set(part["diagnosis"]["4"])
+        assert (study / "seed-4" / activation / "diagnosis.json").exists()
+        assert set(part["captions_before_sft"]["4"]) == {
+            "A on LLM-2",
+            "B on LLM-1",
+            "B on LLM-2 (transferred)",
+            "C on LLM-2",
+        }
     # LLaVA's runs do not depend on LangBridge's activation: both activations share them, trained once.
     for activation in ("none", "softmax"):
         runs = json.loads((study / "seed-4" / activation / "results.json").read_text())["runs"]
         assert runs["A"]["path"].endswith("sft/A") and runs["B"]["path"].endswith(f"sft/B-{activation}")
     text = (study / "summary.md").read_text()
-    assert text.count("## Coefficients: ") == 2 and text.count("\n| 3 | ") == 6 and text.count("\n| 4 | ") == 6
+    assert text.count("Why B transfers or not") == 2
+    assert text.count("## Coefficients: ") == 2 and text.count("\n| 3 | ") == 8 and text.count("\n| 4 | ") == 8
     with Image.open(study / "study.png") as image:
         assert image.width > 500
     for seed in (3, 4):
@@ -223,3 +319,17 @@ def test_the_study_caches_each_run_and_summarises_every_seed(demo, tmp_path, cap
     assert main(command) == 0
     assert capsys.readouterr().out.count(": cached") == 4
     assert (study / "seed-4" / "softmax" / "results.json").stat().st_mtime == finished
+
+    # Remedies run beside the plain activations, which are reused; a stage-1 remedy retrains only runs with a stage 1.
+    assert main(["demo", "--remedies", "--quick", "--seeds", "4", "--out", str(study)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(": cached") == 2 and "seed 4, softmax-lr0.005" in printed
+    runs = json.loads((study / "seed-4" / "softmax-lr0.005" / "results.json").read_text())["runs"]
+    assert runs["B"]["path"].endswith("sft/B-softmax-lr0.005")
+    assert runs["D-langbridge"]["path"].endswith("sft/D-langbridge-softmax")
+    remedies = json.loads((study / "remedies.json").read_text())
+    assert set(remedies["variants"]) == {"none", "softmax", *REMEDIES}
+    assert remedies["variants"]["none"]["4"]["validation"]["B"] == pytest.approx(
+        summary["activations"]["none"]["per_seed"]["validation"]["4"]["B"]["of_a"]
+    )
+    assert (study / "remedies.md").read_text().count("\n| ") == 1 + 2 + len(REMEDIES)  # header, a row per variant

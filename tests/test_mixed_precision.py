@@ -10,9 +10,11 @@ from safetensors import safe_open
 from test_training import Crash, run_recipe, write_config
 from transformers import AutoModelForImageTextToText, TrainerCallback
 
-from training import sft
+from langbridge_training import sft
 
-LLM_PROJECTION = re.compile(r"language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.(base_layer\.)?weight$")
+LLM_PROJECTION = re.compile(
+    r"language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)\.(base_layer\.)?weight$"
+)
 
 
 def saved_dtypes(folder) -> dict[str, torch.dtype]:
@@ -36,9 +38,18 @@ def fraction_moved(before: dict[str, torch.Tensor], model, pattern) -> tuple[flo
 
 def test_full_sft_in_bf16_moves_every_llm_weight_and_saves_bf16(world_model_dir, world, tmp_path):
     out = tmp_path / "out"
-    config = write_config(tmp_path / "sft.yaml", model_name_or_path=str(world_model_dir), dataset=str(world["qa"]),
-                          image_folder=str(world["images"]), output_dir=str(out), max_steps=4,
-                          per_device_train_batch_size=4, learning_rate=2e-5, dtype="bfloat16", bf16=True)
+    config = write_config(
+        tmp_path / "sft.yaml",
+        model_name_or_path=str(world_model_dir),
+        dataset=str(world["qa"]),
+        image_folder=str(world["images"]),
+        output_dir=str(out),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        learning_rate=2e-5,
+        dtype="bfloat16",
+        bf16=True,
+    )
     initial = AutoModelForImageTextToText.from_pretrained(world_model_dir, dtype=torch.bfloat16).state_dict()
     trainer = run_recipe(sft, config)
     model = trainer.model
@@ -48,7 +59,9 @@ def test_full_sft_in_bf16_moves_every_llm_weight_and_saves_bf16(world_model_dir,
     assert count > 0 and fraction > 0.97, fraction  # bf16 weights updated in place: ~30% (the rest rounds away)
     parameters = dict(model.named_parameters())
     assert {n for n, p in parameters.items() if p.requires_grad and p.dtype != torch.float32} == set()  # master weights
-    assert all(p.dtype == torch.bfloat16 for p in parameters.values() if not p.requires_grad)  # the frozen tower as loaded
+    assert all(
+        p.dtype == torch.bfloat16 for p in parameters.values() if not p.requires_grad
+    )  # the frozen tower as loaded
     assert any(name.startswith("model.vision_tower.") for name, p in parameters.items() if not p.requires_grad)
 
     # The folder is bf16, as asked: the master weights rounded once, at the end; the config says so too.
@@ -68,11 +81,24 @@ def test_lora_in_bf16_moves_every_adapter_weight(variant, world_model_dir, world
     """LoRA keeps float32 adapters (PEFT upcasts them); under QLoRA TRL casts them to bf16, and they must be
     float32 again to learn at a small rate."""
     out = tmp_path / "out"
-    config = write_config(tmp_path / "sft.yaml", model_name_or_path=str(world_model_dir), dataset=str(world["qa"]),
-                          image_folder=str(world["images"]), output_dir=str(out), max_steps=3,
-                          per_device_train_batch_size=4, learning_rate=2e-5, dtype="bfloat16", bf16=True,
-                          use_peft=True, lora_r=8, lora_alpha=16, lora_dropout=0.0, merge_lora=variant == "lora",
-                          load_in_4bit=variant == "qlora")
+    config = write_config(
+        tmp_path / "sft.yaml",
+        model_name_or_path=str(world_model_dir),
+        dataset=str(world["qa"]),
+        image_folder=str(world["images"]),
+        output_dir=str(out),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=2e-5,
+        dtype="bfloat16",
+        bf16=True,
+        use_peft=True,
+        lora_r=8,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        merge_lora=variant == "lora",
+        load_in_4bit=variant == "qlora",
+    )
     captured = {}
 
     class AtStart(TrainerCallback):  # LoRA B starts at zero; A starts random, and every element of it must move
@@ -100,16 +126,34 @@ def test_a_killed_bf16_run_resumes_to_the_same_master_weights(world_model_dir, w
     """Checkpoints hold the float32 master weights (only the final save is cast to the dtype asked for): a
     resumed run ends with the same master weights as an uninterrupted one, not ones rounded to bf16 at the
     checkpoint."""
-    common = dict(model_name_or_path=str(world_model_dir), dataset=str(world["qa"]), image_folder=str(world["images"]),
-                  max_steps=5, per_device_train_batch_size=2, learning_rate=2e-5, save_strategy="steps", save_steps=2,
-                  dtype="bfloat16", bf16=True)
-    straight = run_recipe(sft, write_config(tmp_path / "straight.yaml", output_dir=str(tmp_path / "straight"), **common))
+    common = dict(
+        model_name_or_path=str(world_model_dir),
+        dataset=str(world["qa"]),
+        image_folder=str(world["images"]),
+        max_steps=5,
+        per_device_train_batch_size=2,
+        learning_rate=2e-5,
+        save_strategy="steps",
+        save_steps=2,
+        dtype="bfloat16",
+        bf16=True,
+    )
+    straight = run_recipe(
+        sft, write_config(tmp_path / "straight.yaml", output_dir=str(tmp_path / "straight"), **common)
+    )
     with pytest.raises(KeyboardInterrupt):
-        run_recipe(sft, write_config(tmp_path / "killed.yaml", output_dir=str(tmp_path / "killed"), **common),
-                   callbacks=[Crash(at_step=3)])
+        run_recipe(
+            sft,
+            write_config(tmp_path / "killed.yaml", output_dir=str(tmp_path / "killed"), **common),
+            callbacks=[Crash(at_step=3)],
+        )
     assert saved_dtypes(tmp_path / "killed" / "checkpoint-2")["model.language_model.norm.weight"] == torch.float32
-    resumed = run_recipe(sft, write_config(tmp_path / "resumed.yaml", output_dir=str(tmp_path / "killed"),
-                                           resume_from_checkpoint="true", **common))
+    resumed = run_recipe(
+        sft,
+        write_config(
+            tmp_path / "resumed.yaml", output_dir=str(tmp_path / "killed"), resume_from_checkpoint="true", **common
+        ),
+    )
     assert resumed.state.global_step == 5
     expected = dict(straight.model.named_parameters())
     for name, parameter in resumed.model.named_parameters():

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor
 
 from modeling_langbridge import LangBridgeForConditionalGeneration, LangBridgeModel
-from modeling_langbridge.tiny import random_shapes_image
+from modeling_langbridge.assembly.tiny import random_shapes_image
 
 
 def load(folder, **kwargs):
@@ -70,7 +70,9 @@ def test_save_and_load_give_identical_logits(model_dir, tmp_path):
         before = model(**inputs).logits
     model.save_pretrained(tmp_path)
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
-    assert torch.equal(reloaded.model.multi_modal_projector.vocab_token_ids, model.model.multi_modal_projector.vocab_token_ids)
+    assert torch.equal(
+        reloaded.model.multi_modal_projector.vocab_token_ids, model.model.multi_modal_projector.vocab_token_ids
+    )
     with torch.no_grad():
         after = reloaded(**inputs).logits
     assert torch.equal(before, after)
@@ -130,7 +132,9 @@ def test_eager_and_sdpa_attention_agree(model_dir):
     reason="flash_attention_2 needs the flash-attn package and a CUDA GPU (extra: langbridge-hf[gpu])",
 )
 def test_flash_attention_2_agrees_with_sdpa(qwen_clip_dir):
-    flash, processor = load(qwen_clip_dir, attn_implementation="flash_attention_2", dtype=torch.bfloat16, device_map="cuda")
+    flash, processor = load(
+        qwen_clip_dir, attn_implementation="flash_attention_2", dtype=torch.bfloat16, device_map="cuda"
+    )
     sdpa, _ = load(qwen_clip_dir, attn_implementation="sdpa", dtype=torch.bfloat16, device_map="cuda")
     inputs = chat_inputs(processor).to("cuda")
     with torch.no_grad():
@@ -142,14 +146,18 @@ class TestBadInputIsRefused:
         model, processor = load(qwen_clip_dir)
         inputs = chat_inputs(processor)
         two_images = torch.cat([inputs["pixel_values"]] * 2)
-        with pytest.raises(ValueError, match=r"16 <image> placeholder tokens \(room for 1 image\(s\) of 16 tokens\) but 2 image\(s\)"):
+        with pytest.raises(
+            ValueError, match=r"16 <image> placeholder tokens \(room for 1 image\(s\) of 16 tokens\) but 2 image\(s\)"
+        ):
             model(input_ids=inputs["input_ids"], pixel_values=two_images)
 
     def test_pixel_values_without_placeholders(self, qwen_clip_dir):
         model, processor = load(qwen_clip_dir)
         inputs = chat_inputs(processor)
         text_only = processor.tokenizer("no image here", return_tensors="pt")
-        with pytest.raises(ValueError, match="1 image\\(s\\) were given \\(pixel_values\\) but input_ids hold no <image> placeholder"):
+        with pytest.raises(
+            ValueError, match="1 image\\(s\\) were given \\(pixel_values\\) but input_ids hold no <image> placeholder"
+        ):
             model(input_ids=text_only["input_ids"], pixel_values=inputs["pixel_values"])
 
     def test_placeholders_without_images(self, qwen_clip_dir):

@@ -6,7 +6,7 @@ from PIL import Image
 from transformers import AutoProcessor, AutoTokenizer
 
 from modeling_langbridge import LangBridgeProcessor
-from modeling_langbridge.tiny import random_shapes_image
+from modeling_langbridge.assembly.tiny import random_shapes_image
 
 
 def user_turn(text, images=1):
@@ -78,7 +78,9 @@ def test_truncation_that_would_cut_an_image_is_refused(qwen_clip_dir):
     text = "Describe this picture in a few words please: <image>"
     with pytest.raises(ValueError, match=r"Truncation would cut the <image> tokens of an image \(max_length=12\)"):
         processor(images=[random_shapes_image(0)], text=text, truncation=True, max_length=12)
-    kept = processor(images=[random_shapes_image(0)], text="<image> short", truncation=True, max_length=64, return_tensors="pt")
+    kept = processor(
+        images=[random_shapes_image(0)], text="<image> short", truncation=True, max_length=64, return_tensors="pt"
+    )
     assert (kept["input_ids"] == processor.image_token_id).sum() == 16
 
 
@@ -93,7 +95,7 @@ def dialect_tokenizer(specials, **kwargs):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from modeling_langbridge.tiny import tiny_corpus
+    from modeling_langbridge.assembly.tiny import tiny_corpus
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -107,25 +109,40 @@ def dialect_tokenizer(specials, **kwargs):
 @pytest.mark.parametrize(
     ("specials", "kwargs", "system", "expected"),
     [
-        (["<|im_start|>", "<|im_end|>"], {}, None,
-         "<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\nA star.<|im_end|>\n"),
-        (["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], {"bos_token": "<|begin_of_text|>"}, "Be brief.",
-         "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user"
-         "<|end_header_id|>\n\n<image>\nWhat is it?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nA star.<|eot_id|>"),
-        ([], {"bos_token": "<s>", "eos_token": "</s>"}, None, "<s>USER: <image>\nWhat is it?\nASSISTANT: A star.</s>\n"),
+        (
+            ["<|im_start|>", "<|im_end|>"],
+            {},
+            None,
+            "<|im_start|>user\n<image>\nWhat is it?<|im_end|>\n<|im_start|>assistant\nA star.<|im_end|>\n",
+        ),
+        (
+            ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+            {"bos_token": "<|begin_of_text|>"},
+            "Be brief.",
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|><|start_header_id|>user"
+            "<|end_header_id|>\n\n<image>\nWhat is it?<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nA star.<|eot_id|>",
+        ),
+        (
+            [],
+            {"bos_token": "<s>", "eos_token": "</s>"},
+            None,
+            "<s>USER: <image>\nWhat is it?\nASSISTANT: A star.</s>\n",
+        ),
     ],
     ids=["chatml", "llama3", "plain"],
 )
 def test_each_chat_dialect_renders_exactly(specials, kwargs, system, expected):
-    from modeling_langbridge.compose import prepare_tokenizer
-    from modeling_langbridge.chat_templates import chat_format_for
+    from modeling_langbridge.assembly.chat_templates import chat_format_for
+    from modeling_langbridge.assembly.compose import prepare_tokenizer
 
     tokenizer = dialect_tokenizer(specials, **kwargs)
     chat = chat_format_for(tokenizer)
     prepare_tokenizer(tokenizer, chat.with_default_system(system) if system else chat)
     conversation = [user_turn("What is it?"), {"role": "assistant", "content": "A star."}]
     assert tokenizer.apply_chat_template(conversation, tokenize=False) == expected
-    out = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    out = tokenizer.apply_chat_template(
+        conversation, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
     trained = [i for i, m in zip(out["input_ids"], out["assistant_masks"]) if m]
     reply = " A star." if chat.name == "plain" else "A star."  # plain: "ASSISTANT:" then the reply's own space
     assert tokenizer.decode(trained) == reply + tokenizer.eos_token

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from modeling_langbridge.projection_langbridge import (
+from modeling_langbridge.model.projection_langbridge import (
     folded_matrices,
     folding_pays,
     linear_combination,
@@ -17,8 +17,12 @@ N, H, T, D = 300, 32, 500, 48  # 300 tokens in chunks of 64: four whole chunks a
 def inputs(dtype, seed=0):
     generator = torch.Generator().manual_seed(seed)
     make = lambda *shape, scale=1.0: (torch.randn(*shape, generator=generator, dtype=torch.float64) * scale).to(dtype)  # noqa: E731
-    return [make(N, H).requires_grad_(), make(T, H, scale=0.3).requires_grad_(), make(T, scale=0.3).requires_grad_(),
-            make(T, D).requires_grad_()]
+    return [
+        make(N, H).requires_grad_(),
+        make(T, H, scale=0.3).requires_grad_(),
+        make(T, scale=0.3).requires_grad_(),
+        make(T, D).requires_grad_(),
+    ]
 
 
 def fast(activation, hidden, weight, bias, embeddings):
@@ -58,7 +62,9 @@ def test_frozen_embeddings_get_no_gradient_and_the_rest_stay_exact(activation):
     hidden, weight, bias, embeddings = inputs(torch.float64)
     embeddings.requires_grad_(False)
     upstream = torch.randn(N, D, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    expected = torch.autograd.grad(naive_combination(hidden, weight, bias, embeddings, activation), (hidden, weight, bias), upstream)
+    expected = torch.autograd.grad(
+        naive_combination(hidden, weight, bias, embeddings, activation), (hidden, weight, bias), upstream
+    )
     fast(activation, hidden, weight, bias, embeddings).backward(upstream)
     assert embeddings.grad is None
     for tensor, reference in zip((hidden, weight, bias), expected):
@@ -68,8 +74,10 @@ def test_frozen_embeddings_get_no_gradient_and_the_rest_stay_exact(activation):
 @pytest.mark.parametrize("activation", ["none", "softmax"])
 def test_gradcheck_in_float64(activation):
     generator = torch.Generator().manual_seed(2)
-    small = [torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
-             for shape in ((7, 4), (9, 4), (9,), (9, 5))]
+    small = [
+        torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
+        for shape in ((7, 4), (9, 4), (9,), (9, 5))
+    ]
     if activation == "softmax":
         function = lambda h, w, b, e: softmax_combination(h, w, b, e, chunk=3)  # noqa: E731
     else:
@@ -127,8 +135,13 @@ def test_projector_inference_cache_follows_weight_and_embedding_changes(qwen_cli
 
     def literal():
         with torch.no_grad():
-            return naive_combination(projector.hidden_states(features).float(), projector.vocab_proj.weight.float(),
-                                     projector.vocab_proj.bias.float(), projector.vocab_embeddings(embed).float(), "none")
+            return naive_combination(
+                projector.hidden_states(features).float(),
+                projector.vocab_proj.weight.float(),
+                projector.vocab_proj.bias.float(),
+                projector.vocab_embeddings(embed).float(),
+                "none",
+            )
 
     with torch.no_grad():
         first = projector(features, embed)
@@ -158,8 +171,11 @@ TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2}  # relative to a float64
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("embeddings_trained", [True, False], ids=["E-trained", "E-frozen"])
-@pytest.mark.parametrize("activation, keep", [("none", False), ("softmax", False), ("softmax", True)],
-                         ids=["fold", "softmax-recomputed", "softmax-kept"])
+@pytest.mark.parametrize(
+    "activation, keep",
+    [("none", False), ("softmax", False), ("softmax", True)],
+    ids=["fold", "softmax-recomputed", "softmax-kept"],
+)
 def test_numerics_per_dtype_against_float64(activation, keep, dtype, embeddings_trained):
     """The fast paths in the step's compute dtype: within the dtype's tolerance of float64 and no worse than the
     literal product run in that dtype (softmax statistics stay float32 either way)."""
@@ -213,7 +229,7 @@ def test_projector_runs_its_products_in_the_autocast_dtype(qwen_clip_dir, activa
     untouched); outside it, `combine_in_float32` runs them in float32."""
     from transformers import AutoModelForImageTextToText
 
-    from modeling_langbridge.projection_langbridge import combination_dtype
+    from modeling_langbridge.model.projection_langbridge import combination_dtype
 
     model = AutoModelForImageTextToText.from_pretrained(qwen_clip_dir)
     projector = model.model.multi_modal_projector
@@ -231,7 +247,7 @@ def test_projector_runs_its_products_in_the_autocast_dtype(qwen_clip_dir, activa
 
 
 def test_chunks_come_from_a_memory_budget():
-    from modeling_langbridge.projection_langbridge import (
+    from modeling_langbridge.model.projection_langbridge import (
         SOFTMAX_BYTES_PER_ENTRY,
         keeps_coefficients,
         softmax_chunk_tokens,

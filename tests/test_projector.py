@@ -6,18 +6,33 @@ from torch import nn
 from transformers import CLIPVisionConfig, Qwen2Config
 
 from modeling_langbridge import LangBridgeConfig, LangBridgeForConditionalGeneration
-from modeling_langbridge.modeling_langbridge import LangBridgeProjector
+from modeling_langbridge.model.modeling_langbridge import LangBridgeProjector
 
 VOCAB = [11, 12, 13, [20, 21, 22], 14, [30, 31], 15]
 
 
 def config(activation, **overrides):
     return LangBridgeConfig(
-        vision_config=CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                       image_size=16, patch_size=8),
-        text_config=Qwen2Config(vocab_size=64, hidden_size=24, intermediate_size=48, num_hidden_layers=1,
-                                num_attention_heads=2, num_key_value_heads=1),
-        projector_hidden_size=20, vocab_token_ids=VOCAB, coefficient_activation=activation, image_token_id=63,
+        vision_config=CLIPVisionConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=16,
+            patch_size=8,
+        ),
+        text_config=Qwen2Config(
+            vocab_size=64,
+            hidden_size=24,
+            intermediate_size=48,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        ),
+        projector_hidden_size=20,
+        vocab_token_ids=VOCAB,
+        coefficient_activation=activation,
+        image_token_id=63,
         **overrides,
     )
 

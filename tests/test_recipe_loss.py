@@ -9,14 +9,24 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCall
 from trl import ModelConfig, SFTConfig, TrlParser
 from trl.trainer.utils import add_fused_lm_head
 
-from training import sft
-from training.arguments import LangBridgeArguments
-from training.collator import LangBridgeCollator
-from training.data import load_llava_json, with_lazy_images
+from langbridge_training import sft
+from langbridge_training.arguments import LangBridgeArguments
+from langbridge_training.collator import LangBridgeCollator
+from langbridge_training.data import load_llava_json, with_lazy_images
 
-CPU = {"use_cpu": True, "bf16": False, "report_to": [], "logging_steps": 1, "save_strategy": "no", "seed": 0,
-       "dataloader_num_workers": 0, "max_length": 160, "disable_tqdm": True, "per_device_train_batch_size": 4,
-       "activation_checkpointing": False}
+CPU = {
+    "use_cpu": True,
+    "bf16": False,
+    "report_to": [],
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "seed": 0,
+    "dataloader_num_workers": 0,
+    "max_length": 160,
+    "disable_tqdm": True,
+    "per_device_train_batch_size": 4,
+    "activation_checkpointing": False,
+}
 
 
 class HeadCalls(TrainerCallback):
@@ -36,11 +46,21 @@ class HeadCalls(TrainerCallback):
 @pytest.mark.parametrize("use_peft", [False, True], ids=["full", "lora"])
 def test_sft_recipe_never_forms_full_logits(world_model_dir, world, tmp_path, use_peft):
     config = tmp_path / "sft.yaml"
-    config.write_text(yaml.safe_dump({
-        **CPU, "model_name_or_path": str(world_model_dir), "dataset": str(world["qa"]), "image_folder": str(world["images"]),
-        "output_dir": str(tmp_path / "out"), "max_steps": 2, "learning_rate": 1e-4, "use_peft": use_peft,
-        "merge_lora": False,
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                **CPU,
+                "model_name_or_path": str(world_model_dir),
+                "dataset": str(world["qa"]),
+                "image_folder": str(world["images"]),
+                "output_dir": str(tmp_path / "out"),
+                "max_steps": 2,
+                "learning_rate": 1e-4,
+                "use_peft": use_peft,
+                "merge_lora": False,
+            }
+        )
+    )
     probe = HeadCalls()
     args = TrlParser((LangBridgeArguments, SFTConfig, ModelConfig)).parse_args_and_config(["--config", str(config)])
     sft.main(*args, callbacks=[probe])

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from modeling_langbridge.tiny import random_shapes_image
+from modeling_langbridge.assembly.tiny import random_shapes_image
 
 REMOTE_SCRIPT = textwrap.dedent(
     """
@@ -77,7 +77,12 @@ def shipped_folder(qwen_clip_dir, tmp_path):
 
 
 def test_folder_carries_remote_code_auto_map_and_a_model_card(qwen_clip_dir):
-    for name in ("configuration_langbridge.py", "modeling_langbridge.py", "processing_langbridge.py", "chat_template.jinja"):
+    for name in (
+        "configuration_langbridge.py",
+        "modeling_langbridge.py",
+        "processing_langbridge.py",
+        "chat_template.jinja",
+    ):
         assert (qwen_clip_dir / name).exists(), name
     config = json.loads((qwen_clip_dir / "config.json").read_text())
     assert config["auto_map"] == {
@@ -99,7 +104,11 @@ def test_folder_loads_and_generates_without_the_package(shipped_folder, tmp_path
     env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules_cache"), HF_HUB_OFFLINE="1")
     result = subprocess.run(
         [sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(images)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])

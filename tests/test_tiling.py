@@ -18,9 +18,9 @@ from test_remote_code import REMOTE_SCRIPT, generate_locally
 from test_training import run_recipe, write_config
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
+from modeling_langbridge.assembly.compose import compose
+from modeling_langbridge.assembly.tiny import random_shapes_image
 from modeling_langbridge.cli import main
-from modeling_langbridge.compose import compose
-from modeling_langbridge.tiny import random_shapes_image
 
 # The tiny CLIP's input is 32 px in 8 px patches: 4 x 4 tokens per view. The official fixture's grid, as the
 # official code writes it, (width, height): 1 x 2 tiles, 2 x 1, 2 x 2.
@@ -39,6 +39,7 @@ def picture(width: int, height: int, seed: int = 0) -> Image.Image:
 # An independent float64 reading of the official LLaVA-NeXT code (llava/mm_utils.py, llava/model/llava_arch.py).
 # Sizes are (width, height) as there; nothing below calls this package.
 # ---------------------------------------------------------------------------------------------------------------
+
 
 def official_best_resolution(size, pinpoints):
     """mm_utils.select_best_resolution: most of the image kept, then the least waste; (width, height)."""
@@ -64,7 +65,9 @@ def official_views(image, pinpoints):
         new_w, new_h = min(math.ceil(image.width * scale_h), target_w), target_h
     canvas = Image.new("RGB", (target_w, target_h), (0, 0, 0))
     canvas.paste(image.resize((new_w, new_h)), ((target_w - new_w) // 2, (target_h - new_h) // 2))
-    tiles = [canvas.crop((x, y, x + TILE, y + TILE)) for y in range(0, target_h, TILE) for x in range(0, target_w, TILE)]
+    tiles = [
+        canvas.crop((x, y, x + TILE, y + TILE)) for y in range(0, target_h, TILE) for x in range(0, target_w, TILE)
+    ]
     return [image.resize((TILE, TILE))] + tiles, (target_w // TILE, target_h // TILE)
 
 
@@ -74,9 +77,9 @@ def official_unpad(feature_map, size):
     current_h, current_w = feature_map.shape[1:]
     if width / height > current_w / current_h:
         padding = (current_h - int(height * (current_w / width))) // 2
-        return feature_map[:, padding:current_h - padding, :]
+        return feature_map[:, padding : current_h - padding, :]
     padding = (current_w - int(width * (current_h / height))) // 2
-    return feature_map[:, :, padding:current_w - padding]
+    return feature_map[:, :, padding : current_w - padding]
 
 
 def official_anyres_tokens(image, vision, projector, matrix, newline, aspect_ratio="anyres"):
@@ -97,22 +100,45 @@ def official_anyres_tokens(image, vision, projector, matrix, newline, aspect_rat
         d, h, w = feature_map.shape
         times = math.sqrt(h * w / (limit * SIDE**2))
         if times > 1.1:
-            feature_map = torch.nn.functional.interpolate(feature_map[None], [int(h // times), int(w // times)], mode="bilinear")[0]
+            feature_map = torch.nn.functional.interpolate(
+                feature_map[None], [int(h // times), int(w // times)], mode="bilinear"
+            )[0]
     rows_end = newline.double()[:, None, None].expand(feature_map.shape[0], feature_map.shape[1], 1)
     feature_map = torch.cat([feature_map, rows_end], dim=-1)
     return torch.cat([base, feature_map.flatten(1, 2).transpose(0, 1)], dim=0)
 
 
 @pytest.mark.parametrize("aspect_ratio, size", [("anyres", (45, 70)), ("anyres", (90, 30)), ("anyres_max_1", (45, 70))])
-def test_official_anyres_checkpoint_converts_to_the_official_visual_tokens(parts, official_parts, tmp_path, aspect_ratio,
-                                                                            size, capsys):
-    checkpoint, weights = write_official_checkpoint(tmp_path / "official", parts, official_parts, layout="llava-next-anyres")
+def test_official_anyres_checkpoint_converts_to_the_official_visual_tokens(
+    parts,
+    official_parts,
+    tmp_path,
+    aspect_ratio,
+    size,
+    capsys,
+):
+    checkpoint, weights = write_official_checkpoint(
+        tmp_path / "official", parts, official_parts, layout="llava-next-anyres"
+    )
     config = json.loads((checkpoint / "config.json").read_text())
     assert config["image_grid_pinpoints"] == OFFICIAL_PINPOINTS_WH and config["mm_patch_merge_type"] == "spatial_unpad"
     config["image_aspect_ratio"] = aspect_ratio
     (checkpoint / "config.json").write_text(json.dumps(config))
     out = tmp_path / "converted"
-    assert main(["convert-official", "--checkpoint", str(checkpoint), "--vocab", str(checkpoint / "vocab.json"), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "convert-official",
+                "--checkpoint",
+                str(checkpoint),
+                "--vocab",
+                str(checkpoint / "vocab.json"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert f"tiling as trained: {aspect_ratio}, spatial_unpad" in capsys.readouterr().out
 
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
@@ -124,15 +150,25 @@ def test_official_anyres_checkpoint_converts_to_the_official_visual_tokens(parts
     image = picture(*size, seed=4)
     inputs = processor(images=[image], text="<image>", return_tensors="pt")
     matrix = torch.load(checkpoint / "embedding_matrix.pt", weights_only=True)
-    expected = official_anyres_tokens(image, official_parts["vision"], official_parts["projector"], matrix,
-                                      weights["model.image_newline"], aspect_ratio)
+    expected = official_anyres_tokens(
+        image,
+        official_parts["vision"],
+        official_parts["projector"],
+        matrix,
+        weights["model.image_newline"],
+        aspect_ratio,
+    )
     with torch.no_grad():
         got = model.get_image_features(inputs["pixel_values"], image_sizes=inputs["image_sizes"]).pooler_output[0]
     assert got.dtype == torch.float32 and got.shape == expected.shape
     torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-5)
 
     placeholders = int((inputs["input_ids"] == processor.image_token_id).sum())
-    assert placeholders == expected.shape[0] == processor._get_num_multimodal_tokens(image_sizes=[size[::-1]]).num_image_tokens[0]
+    assert (
+        placeholders
+        == expected.shape[0]
+        == processor._get_num_multimodal_tokens(image_sizes=[size[::-1]]).num_image_tokens[0]
+    )
     with torch.no_grad():  # and the LLM reads exactly these tokens in place of the placeholders
         hidden = model.model(**inputs, output_hidden_states=True).hidden_states[0][0]
     torch.testing.assert_close(hidden.double(), expected, rtol=1e-4, atol=1e-5)
@@ -141,8 +177,21 @@ def test_official_anyres_checkpoint_converts_to_the_official_visual_tokens(parts
 def test_no_tiling_converts_an_anyres_checkpoint_for_one_view(parts, official_parts, tmp_path, capsys):
     checkpoint, _ = write_official_checkpoint(tmp_path / "official", parts, official_parts, layout="llava-next-anyres")
     out = tmp_path / "single"
-    assert main(["convert-official", "--checkpoint", str(checkpoint), "--vocab", str(checkpoint / "vocab.json"),
-                 "--no-tiling", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "convert-official",
+                "--checkpoint",
+                str(checkpoint),
+                "--vocab",
+                str(checkpoint / "vocab.json"),
+                "--no-tiling",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "WARNING: converted for a single view (--no-tiling)" in capsys.readouterr().out
     model = AutoModelForImageTextToText.from_pretrained(out)
     assert model.config.image_grid_pinpoints is None and model.model.image_newline is None
@@ -150,8 +199,20 @@ def test_no_tiling_converts_an_anyres_checkpoint_for_one_view(parts, official_pa
     config = json.loads((checkpoint / "config.json").read_text())
     del config["image_grid_pinpoints"]
     (checkpoint / "config.json").write_text(json.dumps(config))
-    assert main(["convert-official", "--checkpoint", str(checkpoint), "--vocab", str(checkpoint / "vocab.json"),
-                 "--out", str(tmp_path / "refused")]) == 2
+    assert (
+        main(
+            [
+                "convert-official",
+                "--checkpoint",
+                str(checkpoint),
+                "--vocab",
+                str(checkpoint / "vocab.json"),
+                "--out",
+                str(tmp_path / "refused"),
+            ]
+        )
+        == 2
+    )
     assert "has no image_grid_pinpoints" in capsys.readouterr().err
 
 
@@ -166,8 +227,13 @@ SIZES = [(90, 30), (30, 90), (64, 64), (45, 70), (200, 120)]  # (width, height):
 def tiled_dir(parts, tmp_path_factory):
     """A composed LangBridge folder that tiles: CLIP + Qwen2-style LLM, grids of 1 x 2, 2 x 1 and 2 x 2 tiles."""
     torch.manual_seed(0)
-    composed = compose(str(parts["clip"]), str(parts["qwen2"]), projector_hidden_size=64, vocab_size=96,
-                       image_grid_pinpoints="1x2,2x1,2x2")
+    composed = compose(
+        str(parts["clip"]),
+        str(parts["qwen2"]),
+        projector_hidden_size=64,
+        shared_vocab_size=96,
+        image_grid_pinpoints="1x2,2x1,2x2",
+    )
     return composed.save(tmp_path_factory.mktemp("tiled") / "model")
 
 
@@ -183,19 +249,30 @@ def test_a_tiled_model_answers_through_the_pipeline_with_the_processors_counts(t
     for (width, height), count in zip(SIZES, counts):
         image = picture(width, height)
         inputs = processor(images=[image], text=["<image> What is it?"], return_tensors="pt")
-        assert int((inputs["input_ids"] == processor.image_token_id).sum()) == count == processor.num_image_tokens(height, width)
+        assert (
+            int((inputs["input_ids"] == processor.image_token_id).sum())
+            == count
+            == processor.num_image_tokens(height, width)
+        )
         assert inputs["image_sizes"].tolist() == [[height, width]]
         with torch.no_grad():
             tokens = model.get_image_features(inputs["pixel_values"], image_sizes=inputs["image_sizes"]).pooler_output
         assert [t.shape[0] for t in tokens] == [count]
-        message = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What is it?"}]}]
+        message = [
+            {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What is it?"}]}
+        ]
         reply = chat(text=message, max_new_tokens=3, return_full_text=False)[0]["generated_text"]
         assert isinstance(reply, str)
 
     # Several images of different sizes in one batch: their views one after another, each image its own count.
     images = [picture(w, h, seed=n) for n, (w, h) in enumerate(SIZES[:3])]
-    batch = processor(images=[[images[0]], [images[1], images[2]]], text=["<image> a", "<image> b <image> c"],
-                      padding=True, padding_side="right", return_tensors="pt")  # the shorter row's logits come first
+    batch = processor(
+        images=[[images[0]], [images[1], images[2]]],
+        text=["<image> a", "<image> b <image> c"],
+        padding=True,
+        padding_side="right",
+        return_tensors="pt",
+    )  # the shorter row's logits come first
     views = [processor.num_image_views(h, w) for w, h in SIZES[:3]]
     assert views == [3, 3, 5] and batch["pixel_values"].shape[0] == sum(views)
     assert processor._get_num_multimodal_tokens(image_sizes=[(h, w) for w, h in SIZES[:3]]).num_image_patches == views
@@ -206,8 +283,10 @@ def test_a_tiled_model_answers_through_the_pipeline_with_the_processors_counts(t
     torch.testing.assert_close(batched[0, : alone.shape[1]], alone[0], rtol=1e-4, atol=1e-4)
 
     # The pipeline batches chats whose images have different numbers of tiles, and text-only chats with them.
-    chats = [[{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What?"}]}]
-             for image in images] + [[{"role": "user", "content": [{"type": "text", "text": "Hello"}]}]]
+    chats = [
+        [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": "What?"}]}]
+        for image in images
+    ] + [[{"role": "user", "content": [{"type": "text", "text": "Hello"}]}]]
     replies = chat(text=chats, max_new_tokens=3, return_full_text=False, batch_size=4)
     assert len(replies) == 4 and all(isinstance(r[0]["generated_text"], str) for r in replies)
 
@@ -231,7 +310,9 @@ def test_a_tiled_model_needs_image_sizes_and_says_so(tiled_dir):
     with pytest.raises(ValueError, match="needs image_sizes"):
         model(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"])
     with pytest.raises(ValueError, match="depends on the image's size"):
-        model(input_ids=inputs["input_ids"][:, 5:], pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"])
+        model(
+            input_ids=inputs["input_ids"][:, 5:], pixel_values=inputs["pixel_values"], image_sizes=inputs["image_sizes"]
+        )
 
 
 def test_a_tiled_folder_loads_and_generates_without_the_package(tiled_dir, tmp_path):
@@ -240,8 +321,14 @@ def test_a_tiled_folder_loads_and_generates_without_the_package(tiled_dir, tmp_p
     for mode in ("RGB", "RGBA", "L", "P"):  # not square, so the tiles and the unpadding matter
         random_shapes_image(seed=3, size=96, mode=mode).crop((0, 0, 96, 40)).save(images / f"{mode.lower()}.png")
     env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules_cache"), HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-c", REMOTE_SCRIPT, str(tiled_dir), str(images)],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_SCRIPT, str(tiled_dir), str(images)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert all(module.startswith("transformers_modules") for module in report["classes"]), report["classes"]
@@ -264,38 +351,66 @@ def write_llava_json(root, sizes):
     records = []
     for n, (width, height) in enumerate(sizes):
         picture(width, height, seed=n).save(root / "images" / f"{n}.png")
-        records.append({"id": str(n), "image": f"{n}.png", "conversations": [
-            {"from": "human", "value": "<image>\nWhat is in the picture?"},
-            {"from": "gpt", "value": ["a red circle.", "a blue square.", "a green star."][n % 3]}]})
+        records.append(
+            {
+                "id": str(n),
+                "image": f"{n}.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\nWhat is in the picture?"},
+                    {"from": "gpt", "value": ["a red circle.", "a blue square.", "a green star."][n % 3]},
+                ],
+            }
+        )
     (root / "data.json").write_text(json.dumps(records))
     return root / "data.json", root / "images"
 
 
 def test_fit_to_length_counts_each_tiled_image_by_its_size(tiled_dir, tmp_path):
-    from training.data import DataReport, fit_to_length, load_llava_json
+    from langbridge_training.data import DataReport, fit_to_length, load_llava_json
 
     processor = AutoProcessor.from_pretrained(tiled_dir)
     data, images = write_llava_json(tmp_path, [(90, 30), (64, 64), (30, 90), (64, 64)])
     counts = [processor.num_image_tokens(h, w) for w, h in [(90, 30), (64, 64), (30, 90)]]
     assert counts[1] > counts[0] + 40 and counts[1] > counts[2] + 40
-    message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]},
-               {"role": "assistant", "content": [{"type": "text", "text": "a red circle."}]}]
-    text_tokens = len(processor.tokenizer.apply_chat_template(message, chat_template=processor.chat_template, tokenize=True,
-                                                              return_dict=True)["input_ids"]) - 1
+    message = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in the picture?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "a red circle."}]},
+    ]
+    text_tokens = (
+        len(
+            processor.tokenizer.apply_chat_template(
+                message, chat_template=processor.chat_template, tokenize=True, return_dict=True
+            )["input_ids"]
+        )
+        - 1
+    )
     report = DataReport()
-    kept = fit_to_length(load_llava_json(data, images), processor, 16, text_tokens + max(counts[0], counts[2]) + 20, "chat", report)
-    assert (report.kept, report.dropped_cut_image) == (2, 2)  # the square images take more tokens than the wide and tall
+    kept = fit_to_length(
+        load_llava_json(data, images), processor, 16, text_tokens + max(counts[0], counts[2]) + 20, "chat", report
+    )
+    assert (report.kept, report.dropped_cut_image) == (
+        2,
+        2,
+    )  # the square images take more tokens than the wide and tall
     assert [sample["images"][0].rsplit("/", 1)[1] for sample in kept] == ["0.png", "2.png"]
 
 
 def test_the_sft_recipe_trains_a_tiled_model_on_llava_json(tiled_dir, tmp_path):
-    from training import sft
+    from langbridge_training import sft
 
     data, images = write_llava_json(tmp_path / "data", TRAIN_SIZES)
     out = tmp_path / "sft"
-    config = write_config(tmp_path / "sft.yaml", model_name_or_path=str(tiled_dir), dataset=str(data),
-                          image_folder=str(images), output_dir=str(out), max_steps=4, per_device_train_batch_size=3,
-                          learning_rate=1e-3, max_length=200)
+    config = write_config(
+        tmp_path / "sft.yaml",
+        model_name_or_path=str(tiled_dir),
+        dataset=str(data),
+        image_folder=str(images),
+        output_dir=str(out),
+        max_steps=4,
+        per_device_train_batch_size=3,
+        learning_rate=1e-3,
+        max_length=200,
+    )
     trainer = run_recipe(sft, config)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert len(losses) == 4 and all(math.isfinite(loss) for loss in losses)
@@ -305,7 +420,9 @@ def test_the_sft_recipe_trains_a_tiled_model_on_llava_json(tiled_dir, tmp_path):
     trained = AutoModelForImageTextToText.from_pretrained(out).eval()
     after = trained.state_dict()
     assert not torch.equal(before["model.image_newline"], after["model.image_newline"])  # the row end learns too
-    assert not torch.equal(before["model.multi_modal_projector.vocab_proj.weight"], after["model.multi_modal_projector.vocab_proj.weight"])
+    assert not torch.equal(
+        before["model.multi_modal_projector.vocab_proj.weight"], after["model.multi_modal_projector.vocab_proj.weight"]
+    )
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("model.vision_tower."))
 
     processor = AutoProcessor.from_pretrained(out)
@@ -319,8 +436,23 @@ def test_interpret_reads_the_base_view_and_every_tile(tiled_dir, tmp_path, capsy
     image_file = tmp_path / "wide.png"
     picture(90, 40, seed=2).save(image_file)
     reading_file, overlay = tmp_path / "reading.json", tmp_path / "overlay.png"
-    assert main(["interpret", str(image_file), "--model", str(tiled_dir), "--top-k", "2", "--out", str(overlay),
-                 "--json", str(reading_file)]) == 0
+    assert (
+        main(
+            [
+                "interpret",
+                str(image_file),
+                "--model",
+                str(tiled_dir),
+                "--top-k",
+                "2",
+                "--out",
+                str(overlay),
+                "--json",
+                str(reading_file),
+            ]
+        )
+        == 0
+    )
     assert "4x4 patches; and 1x2 tiles" in capsys.readouterr().out
     reading = json.loads(reading_file.read_text())
     assert reading["base"]["grid"] == [4, 4] and reading["tiles"]["grid"] == [4, 8] and reading["tile_grid"] == [1, 2]
@@ -341,7 +473,7 @@ def test_interpret_reads_the_base_view_and_every_tile(tiled_dir, tmp_path, capsy
 
 
 def test_nearest_words_and_alignment_read_a_tiled_model(tiled_dir):
-    from modeling_langbridge.alignment import measure, read_nearest
+    from modeling_langbridge.analysis.alignment import measure, read_nearest
 
     model = AutoModelForImageTextToText.from_pretrained(tiled_dir).eval()
     processor = AutoProcessor.from_pretrained(tiled_dir)
@@ -356,6 +488,7 @@ def test_nearest_words_and_alignment_read_a_tiled_model(tiled_dir):
 # Settings: off by default, asked for by compose and by hub configs through the recipes, refused when wrong
 # ---------------------------------------------------------------------------------------------------------------
 
+
 def test_single_view_models_have_no_tiling(qwen_clip_dir):
     config = json.loads((qwen_clip_dir / "config.json").read_text())
     assert config.get("image_grid_pinpoints") is None
@@ -363,32 +496,67 @@ def test_single_view_models_have_no_tiling(qwen_clip_dir):
     processor = AutoProcessor.from_pretrained(qwen_clip_dir)
     assert not model.config.tiling and model.model.image_newline is None
     assert not any("image_newline" in name for name in model.state_dict())
-    assert not processor.tiling and "image_sizes" not in processor(images=[picture(90, 30)], text="<image>", return_tensors="pt")
+    assert not processor.tiling and "image_sizes" not in processor(
+        images=[picture(90, 30)], text="<image>", return_tensors="pt"
+    )
 
 
 def test_a_hub_config_asks_the_recipes_for_tiling(parts, tmp_path):
-    from training.models import resolve_model
+    from langbridge_training.models import resolve_model
 
     hub_config = tmp_path / "pair.json"
-    hub_config.write_text(json.dumps({
-        "vision_model_name_or_path": str(parts["clip"]), "language_model_name_or_path": str(parts["qwen2"]),
-        "projector_hidden_size": 32, "shared_vocab_size": 64, "coefficient_activation": "none", "vision_feature_layer": -2,
-        "image_grid_pinpoints": [[32, 64], [64, 32]], "vision_aspect_ratio": "anyres_max_2", "patch_merge_type": "spatial_unpad",
-    }))
+    hub_config.write_text(
+        json.dumps(
+            {
+                "vision_model_name_or_path": str(parts["clip"]),
+                "language_model_name_or_path": str(parts["qwen2"]),
+                "projector_hidden_size": 32,
+                "shared_vocab_size": 64,
+                "coefficient_activation": "none",
+                "vision_feature_layer": -2,
+                "image_grid_pinpoints": [[32, 64], [64, 32]],
+                "vision_aspect_ratio": "anyres_max_2",
+                "patch_merge_type": "spatial_unpad",
+            }
+        )
+    )
     folder = resolve_model(str(hub_config), str(tmp_path / "run"))
     config = AutoModelForImageTextToText.from_pretrained(folder).config
     assert (config.image_grid_pinpoints, config.vision_aspect_ratio) == ([[32, 64], [64, 32]], "anyres_max_2")
     assert AutoProcessor.from_pretrained(folder).vision_aspect_ratio == "anyres_max_2"
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--image-grid-pinpoints", "1x2,2x0"], "positive number of rows and columns"),
-    (["--image-grid-pinpoints", "1x2", "--vision-aspect-ratio", "anyres_max"], "vision_aspect_ratio 'anyres_max' is not understood"),
-    (["--image-grid-pinpoints", "wide"], "cannot read the grids 'wide'"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--image-grid-pinpoints", "1x2,2x0"], "positive number of rows and columns"),
+        (
+            ["--image-grid-pinpoints", "1x2", "--vision-aspect-ratio", "anyres_max"],
+            "vision_aspect_ratio 'anyres_max' is not understood",
+        ),
+        (["--image-grid-pinpoints", "wide"], "cannot read the grids 'wide'"),
+    ],
+)
 def test_compose_refuses_wrong_tiling_settings(parts, tmp_path, capsys, flags, message):
     out = tmp_path / "model"
-    assert main(["compose", "--vision-model", str(parts["clip"]), "--language-model", str(parts["qwen2"]),
-                 "--projector-hidden-size", "32", "--vocab-size", "64", "--out", str(out), *flags]) == 2
+    assert (
+        main(
+            [
+                "compose",
+                "--vision-model",
+                str(parts["clip"]),
+                "--language-model",
+                str(parts["qwen2"]),
+                "--projector-hidden-size",
+                "32",
+                "--vocab-size",
+                "64",
+                "--out",
+                str(out),
+                *flags,
+            ]
+        )
+        == 2
+    )
     assert message in capsys.readouterr().err
     assert not out.exists()

@@ -15,16 +15,26 @@ import yaml
 from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from modeling_langbridge.adapter import LangBridgeAdapter
+from langbridge_training import pretrain, sft
+from langbridge_training.arguments import LangBridgeArguments
+from langbridge_training.collator import LangBridgeCollator
+from langbridge_training.data import load_llava_json, with_lazy_images
+from modeling_langbridge.assembly.adapter import LangBridgeAdapter
 from modeling_langbridge.cli import main as cli
-from training import pretrain, sft
-from training.arguments import LangBridgeArguments
-from training.collator import LangBridgeCollator
-from training.data import load_llava_json, with_lazy_images
 
-CPU = {"use_cpu": True, "bf16": False, "report_to": [], "logging_steps": 1, "save_strategy": "no", "seed": 0,
-       "lr_scheduler_type": "constant", "dataloader_num_workers": 0, "max_length": 160, "activation_checkpointing": False,
-       "disable_tqdm": True}
+CPU = {
+    "use_cpu": True,
+    "bf16": False,
+    "report_to": [],
+    "logging_steps": 1,
+    "save_strategy": "no",
+    "seed": 0,
+    "lr_scheduler_type": "constant",
+    "dataloader_num_workers": 0,
+    "max_length": 160,
+    "activation_checkpointing": False,
+    "disable_tqdm": True,
+}
 
 
 def write_config(path: Path, **settings) -> Path:
@@ -65,9 +75,16 @@ def changed(before, after) -> set[str]:
 @pytest.fixture(scope="module")
 def pretrained(world_model_dir, world, tmp_path_factory):
     out = tmp_path_factory.mktemp("pretrain") / "run"
-    config = write_config(out.parent / "pretrain.yaml", model_name_or_path=str(world_model_dir), dataset=str(world["captions"]),
-                          image_folder=str(world["images"]), output_dir=str(out), max_steps=60,
-                          per_device_train_batch_size=8, learning_rate=3e-3)
+    config = write_config(
+        out.parent / "pretrain.yaml",
+        model_name_or_path=str(world_model_dir),
+        dataset=str(world["captions"]),
+        image_folder=str(world["images"]),
+        output_dir=str(out),
+        max_steps=60,
+        per_device_train_batch_size=8,
+        learning_rate=3e-3,
+    )
     assert cli(["train", "pretrain", "--config", str(config)]) == 0
     return out
 
@@ -90,13 +107,28 @@ def test_pretrain_lowers_the_caption_loss_and_trains_only_the_projector(world_mo
 @pytest.mark.parametrize("variant", ["full", "lora", "qlora"])
 def test_sft_variants_learn_what_they_should_and_save_a_loadable_folder(variant, pretrained, world, tmp_path):
     out = tmp_path / variant
-    settings = {"full": {"learning_rate": 1e-3, "activation_checkpointing": True},
-                "lora": {"use_peft": True, "lora_r": 8, "lora_alpha": 16, "learning_rate": 3e-3, "projector_lr": 1e-3},
-                "qlora": {"use_peft": True, "load_in_4bit": True, "lora_r": 8, "lora_alpha": 16, "learning_rate": 3e-3,
-                          "projector_lr": 1e-3}}[variant]
-    config = write_config(tmp_path / "sft.yaml", model_name_or_path=str(pretrained), dataset=str(world["qa"]),
-                          image_folder=str(world["images"]), output_dir=str(out), max_steps=40,
-                          per_device_train_batch_size=8, **settings)
+    settings = {
+        "full": {"learning_rate": 1e-3, "activation_checkpointing": True},
+        "lora": {"use_peft": True, "lora_r": 8, "lora_alpha": 16, "learning_rate": 3e-3, "projector_lr": 1e-3},
+        "qlora": {
+            "use_peft": True,
+            "load_in_4bit": True,
+            "lora_r": 8,
+            "lora_alpha": 16,
+            "learning_rate": 3e-3,
+            "projector_lr": 1e-3,
+        },
+    }[variant]
+    config = write_config(
+        tmp_path / "sft.yaml",
+        model_name_or_path=str(pretrained),
+        dataset=str(world["qa"]),
+        image_folder=str(world["images"]),
+        output_dir=str(out),
+        max_steps=40,
+        per_device_train_batch_size=8,
+        **settings,
+    )
     trainer = run_recipe(sft, config)
     losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
     assert sum(losses[-5:]) / 5 < 0.8 * sum(losses[:5]) / 5, losses
@@ -111,15 +143,26 @@ def test_sft_variants_learn_what_they_should_and_save_a_loadable_folder(variant,
     if variant == "full":
         assert llm <= changes  # every LLM tensor, embeddings and norms included
     else:
-        lora_targets = {n for n in llm if n.endswith(tuple(f".{p}.weight" for p in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")))}
+        lora_targets = {
+            n
+            for n in llm
+            if n.endswith(
+                tuple(
+                    f".{p}.weight"
+                    for p in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+                )
+            )
+        }
         assert llm & changes == lora_targets  # LoRA merged into exactly its target layers
         quantized = [type(m).__name__ for m in trainer.model.modules() if type(m).__name__ == "Linear4bit"]
         assert bool(quantized) == (variant == "qlora")
 
     model = AutoModelForImageTextToText.from_pretrained(folder).eval()
     processor = AutoProcessor.from_pretrained(folder)
-    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many shapes are there?"}]}],
-                                         add_generation_prompt=True)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many shapes are there?"}]}],
+        add_generation_prompt=True,
+    )
     from PIL import Image
 
     inputs = processor(images=[Image.open(next(world["images"].glob("s1_*.png")))], text=[text], return_tensors="pt")
@@ -129,7 +172,7 @@ def test_sft_variants_learn_what_they_should_and_save_a_loadable_folder(variant,
     if variant != "full":  # the adapter loads with PEFT on the base too, and agrees with the merged folder
         from peft import PeftModel
 
-        from training.trainer import peft_reads_old_checkpointing_name
+        from langbridge_training.trainer import peft_reads_old_checkpointing_name
 
         with peft_reads_old_checkpointing_name():
             with_peft = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(pretrained), out).eval()
@@ -140,15 +183,27 @@ def test_sft_variants_learn_what_they_should_and_save_a_loadable_folder(variant,
 class TestWhatTheLossSees:
     def test_labels_cover_assistant_replies_only(self, world_model_dir):
         processor = AutoProcessor.from_pretrained(world_model_dir)
-        from modeling_langbridge.tiny import random_shapes_image
+        from modeling_langbridge.assembly.tiny import random_shapes_image
 
-        sample = {"images": [random_shapes_image(0)], "messages": [
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is the circle?"}]},
-            {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
-            {"role": "user", "content": [{"type": "text", "text": "How many shapes are there?"}]},
-            {"role": "assistant", "content": [{"type": "text", "text": "two"}]}]}
-        text_only = {"images": [], "messages": [{"role": "user", "content": [{"type": "text", "text": "Say yes."}]},
-                                                {"role": "assistant", "content": [{"type": "text", "text": "yes"}]}]}
+        sample = {
+            "images": [random_shapes_image(0)],
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image"}, {"type": "text", "text": "What colour is the circle?"}],
+                },
+                {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+                {"role": "user", "content": [{"type": "text", "text": "How many shapes are there?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "two"}]},
+            ],
+        }
+        text_only = {
+            "images": [],
+            "messages": [
+                {"role": "user", "content": [{"type": "text", "text": "Say yes."}]},
+                {"role": "assistant", "content": [{"type": "text", "text": "yes"}]},
+            ],
+        }
         batch = LangBridgeCollator(processor, None, "chat")([sample, text_only])
         tokenizer = processor.tokenizer
         learned = [tokenizer.decode(row[labels != -100]) for row, labels in zip(batch["input_ids"], batch["labels"])]
@@ -158,18 +213,47 @@ class TestWhatTheLossSees:
 
     def test_truncation_drops_and_counts_what_it_would_spoil(self, world_model_dir, world, tmp_path):
         records = [
-            {"id": "fits", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}]},
-            {"id": "cut", "image": "a.png", "conversations": [{"from": "human", "value": "A long preamble " * 8 + "<image>"}, {"from": "gpt", "value": "red"}]},
-            {"id": "no-target", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\n" + "Describe " * 12}, {"from": "gpt", "value": "red"}]},
-            {"id": "mismatch", "image": ["a.png", "a.png"], "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "red"}]},
+            {
+                "id": "fits",
+                "image": "a.png",
+                "conversations": [{"from": "human", "value": "<image>\nWhat colour?"}, {"from": "gpt", "value": "red"}],
+            },
+            {
+                "id": "cut",
+                "image": "a.png",
+                "conversations": [
+                    {"from": "human", "value": "A long preamble " * 8 + "<image>"},
+                    {"from": "gpt", "value": "red"},
+                ],
+            },
+            {
+                "id": "no-target",
+                "image": "a.png",
+                "conversations": [
+                    {"from": "human", "value": "<image>\n" + "Describe " * 12},
+                    {"from": "gpt", "value": "red"},
+                ],
+            },
+            {
+                "id": "mismatch",
+                "image": ["a.png", "a.png"],
+                "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "red"}],
+            },
         ]
         (tmp_path / "data.json").write_text(json.dumps(records))
         from PIL import Image
 
         Image.new("RGB", (40, 40), "red").save(tmp_path / "a.png")
-        config = write_config(tmp_path / "sft.yaml", model_name_or_path=str(world_model_dir), dataset=str(tmp_path / "data.json"),
-                              image_folder=str(tmp_path), output_dir=str(tmp_path / "out"), max_steps=2, max_length=40,
-                              per_device_train_batch_size=2)
+        config = write_config(
+            tmp_path / "sft.yaml",
+            model_name_or_path=str(world_model_dir),
+            dataset=str(tmp_path / "data.json"),
+            image_folder=str(tmp_path),
+            output_dir=str(tmp_path / "out"),
+            max_steps=2,
+            max_length=40,
+            per_device_train_batch_size=2,
+        )
         trainer = run_recipe(sft, config)
         report = json.loads((tmp_path / "out" / "data_report.json").read_text())
         assert (report["samples"], report["kept"]) == (4, 1)
@@ -185,15 +269,23 @@ class TestWhatTheLossSees:
         (images / records[1]["image"]).write_bytes((images / records[1]["image"]).read_bytes()[:60])  # truncated PNG
         (images / records[5]["image"]).unlink()  # missing
         (tmp_path / "data.json").write_text(json.dumps(records))
-        common = dict(model_name_or_path=str(world_model_dir), dataset=str(tmp_path / "data.json"), image_folder=str(images),
-                      max_steps=2, per_device_train_batch_size=4)
+        common = dict(
+            model_name_or_path=str(world_model_dir),
+            dataset=str(tmp_path / "data.json"),
+            image_folder=str(images),
+            max_steps=2,
+            per_device_train_batch_size=4,
+        )
         run_recipe(pretrain, write_config(tmp_path / "a.yaml", output_dir=str(tmp_path / "a"), **common))
         report = json.loads((tmp_path / "a" / "data_report.json").read_text())
         assert report["skipped_bad_images"] == 2 and len(report["bad_image_examples"]) == 2
 
         bad = f"({records[1]['image']}|{records[5]['image']})"  # whichever the shuffled order meets first
         with pytest.raises(ValueError, match=rf"Cannot read an image of sample (1|5) \(.*{bad}\).*skip_bad_images"):
-            run_recipe(pretrain, write_config(tmp_path / "b.yaml", output_dir=str(tmp_path / "b"), skip_bad_images=False, **common))
+            run_recipe(
+                pretrain,
+                write_config(tmp_path / "b.yaml", output_dir=str(tmp_path / "b"), skip_bad_images=False, **common),
+            )
 
 
 class Crash(TrainerCallback):
@@ -208,15 +300,30 @@ class Crash(TrainerCallback):
 
 
 def test_a_killed_run_resumes_to_the_same_weights(pretrained, world, tmp_path):
-    common = dict(model_name_or_path=str(pretrained), dataset=str(world["qa"]), image_folder=str(world["images"]),
-                  max_steps=8, per_device_train_batch_size=4, learning_rate=1e-3, save_strategy="steps", save_steps=3,
-                  lr_scheduler_type="cosine", warmup_steps=2, lora_dropout=0.0)
+    common = dict(
+        model_name_or_path=str(pretrained),
+        dataset=str(world["qa"]),
+        image_folder=str(world["images"]),
+        max_steps=8,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        save_strategy="steps",
+        save_steps=3,
+        lr_scheduler_type="cosine",
+        warmup_steps=2,
+        lora_dropout=0.0,
+    )
     run_recipe(sft, write_config(tmp_path / "straight.yaml", output_dir=str(tmp_path / "straight"), **common))
     interrupted = write_config(tmp_path / "killed.yaml", output_dir=str(tmp_path / "killed"), **common)
     with pytest.raises(KeyboardInterrupt):
         run_recipe(sft, interrupted, callbacks=[Crash(at_step=5)])
     assert (tmp_path / "killed" / "checkpoint-3").exists() and not (tmp_path / "killed" / "checkpoint-6").exists()
-    run_recipe(sft, write_config(tmp_path / "resumed.yaml", output_dir=str(tmp_path / "killed"), resume_from_checkpoint="true", **common))
+    run_recipe(
+        sft,
+        write_config(
+            tmp_path / "resumed.yaml", output_dir=str(tmp_path / "killed"), resume_from_checkpoint="true", **common
+        ),
+    )
     straight, resumed = parameters(tmp_path / "straight"), parameters(tmp_path / "killed")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
     assert changed(parameters(pretrained), straight)
@@ -226,22 +333,45 @@ def sft_in_two_processes(config: Path, output_dir: Path, port: int, env: dict | 
     """The SFT recipe under torchrun on two CPU processes (tests/ddp_probe.py); each rank's weight digest."""
     probe = Path(__file__).with_name("ddp_probe.py")
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port), str(probe),
-         "--config", str(config)],
-        capture_output=True, text=True, timeout=900, env={**os.environ, **(env or {})},
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(port),
+            str(probe),
+            "--config",
+            str(config),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, **(env or {})},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return [json.loads((output_dir / f"digest-rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
 def test_torchrun_two_processes_train_identical_replicas(pretrained, world, tmp_path):
-    config = write_config(tmp_path / "ddp.yaml", model_name_or_path=str(pretrained), dataset=str(world["qa"]),
-                          image_folder=str(world["images"]), output_dir=str(tmp_path / "out"), max_steps=4,
-                          per_device_train_batch_size=4, learning_rate=1e-3, ddp_backend="gloo")
+    config = write_config(
+        tmp_path / "ddp.yaml",
+        model_name_or_path=str(pretrained),
+        dataset=str(world["qa"]),
+        image_folder=str(world["images"]),
+        output_dir=str(tmp_path / "out"),
+        max_steps=4,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        ddp_backend="gloo",
+    )
     digests = sft_in_two_processes(config, tmp_path / "out", port=29517)
     assert [d["world_size"] for d in digests] == [2, 2]
     assert digests[0]["parameters"] == digests[1]["parameters"]
-    initial = hashlib.sha256(b"".join(v.numpy().tobytes() for _, v in sorted(parameters(pretrained).items()))).hexdigest()
+    initial = hashlib.sha256(
+        b"".join(v.numpy().tobytes() for _, v in sorted(parameters(pretrained).items()))
+    ).hexdigest()
     assert digests[0]["parameters"] != initial
 
 
@@ -249,14 +379,29 @@ def test_deepspeed_zero3_trains_with_partitioned_weights(pretrained, world, tmp_
     """ZeRO-3 keeps each weight partitioned outside its module's call; the projector reads W and b for the fold
     and E through the embedding module, so both must be gathered for it. DeepSpeed runs on CPU (gloo) here."""
     pytest.importorskip("deepspeed")
-    zero3 = {"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0,  # partition even tiny weights
-                                   "stage3_gather_16bit_weights_on_model_save": True},
-             "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
-             "bf16": {"enabled": "auto"}}
+    zero3 = {
+        "zero_optimization": {
+            "stage": 3,
+            "stage3_param_persistence_threshold": 0,  # partition even tiny weights
+            "stage3_gather_16bit_weights_on_model_save": True,
+        },
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+    }
     (tmp_path / "zero3.json").write_text(json.dumps(zero3))
-    config = write_config(tmp_path / "zero3.yaml", model_name_or_path=str(pretrained), dataset=str(world["qa"]),
-                          image_folder=str(world["images"]), output_dir=str(tmp_path / "out"), max_steps=3,
-                          per_device_train_batch_size=2, learning_rate=1e-3, deepspeed=str(tmp_path / "zero3.json"))
+    config = write_config(
+        tmp_path / "zero3.yaml",
+        model_name_or_path=str(pretrained),
+        dataset=str(world["qa"]),
+        image_folder=str(world["images"]),
+        output_dir=str(tmp_path / "out"),
+        max_steps=3,
+        per_device_train_batch_size=2,
+        learning_rate=1e-3,
+        deepspeed=str(tmp_path / "zero3.json"),
+    )
     digests = sft_in_two_processes(config, tmp_path / "out", port=29519, env={"DS_ACCELERATOR": "cpu"})
     assert [d["world_size"] for d in digests] == [2, 2]
     assert digests[0]["parameters"] == hashlib.sha256(b"").hexdigest()  # every weight partitioned away from the module
@@ -267,17 +412,32 @@ def test_deepspeed_zero3_trains_with_partitioned_weights(pretrained, world, tmp_
 
 def test_llava_json_in_the_official_layouts_reads_as_chat_samples(tmp_path):
     records = [
-        {"id": "GCC_train_000000000", "image": "00000/000000000.jpg", "conversations": [  # blip_laion_cc_sbu_558k
-            {"from": "human", "value": "Render a clear and concise summary of the photo.\n<image>"},
-            {"from": "gpt", "value": "select luxury furniture 3 - inch gel memory foam mattress topper"}]},
-        {"id": "000000033471", "image": "coco/train2017/000000033471.jpg", "conversations": [  # llava_v1_5_mix665k
-            {"from": "human", "value": "<image>\nWhat are the colors of the bus in the image?"},
-            {"from": "gpt", "value": "The bus in the image is white and red."},
-            {"from": "human", "value": "What feature can be seen on the back of the bus?"},
-            {"from": "gpt", "value": "The back of the bus features an advertisement."}]},
-        {"id": "i6IyJda_0", "model": "", "conversations": [  # ShareGPT text-only
-            {"from": "human", "value": "How to tell if a customer segment is well segmented?"},
-            {"from": "gpt", "value": "A well segmented customer segment should be distinct."}]},
+        {
+            "id": "GCC_train_000000000",
+            "image": "00000/000000000.jpg",
+            "conversations": [  # blip_laion_cc_sbu_558k
+                {"from": "human", "value": "Render a clear and concise summary of the photo.\n<image>"},
+                {"from": "gpt", "value": "select luxury furniture 3 - inch gel memory foam mattress topper"},
+            ],
+        },
+        {
+            "id": "000000033471",
+            "image": "coco/train2017/000000033471.jpg",
+            "conversations": [  # llava_v1_5_mix665k
+                {"from": "human", "value": "<image>\nWhat are the colors of the bus in the image?"},
+                {"from": "gpt", "value": "The bus in the image is white and red."},
+                {"from": "human", "value": "What feature can be seen on the back of the bus?"},
+                {"from": "gpt", "value": "The back of the bus features an advertisement."},
+            ],
+        },
+        {
+            "id": "i6IyJda_0",
+            "model": "",
+            "conversations": [  # ShareGPT text-only
+                {"from": "human", "value": "How to tell if a customer segment is well segmented?"},
+                {"from": "gpt", "value": "A well segmented customer segment should be distinct."},
+            ],
+        },
     ]
     (tmp_path / "mix.json").write_text(json.dumps(records))
     dataset = load_llava_json(tmp_path / "mix.json", "/data/llava")
@@ -287,7 +447,8 @@ def test_llava_json_in_the_official_layouts_reads_as_chat_samples(tmp_path):
     assert [m["role"] for m in dataset[1]["messages"]] == ["user", "assistant", "user", "assistant"]
     assert dataset[1]["messages"][0]["content"][1]["text"] == "What are the colors of the bus in the image?"
     assert dataset[2]["images"] == [] and dataset[2]["messages"][0]["content"] == [
-        {"type": "text", "text": "How to tell if a customer segment is well segmented?"}]
+        {"type": "text", "text": "How to tell if a customer segment is well segmented?"}
+    ]
 
 
 CONFIGURATION = Path(__file__).parent.parent / "configuration"
@@ -296,8 +457,9 @@ CONFIGURATION = Path(__file__).parent.parent / "configuration"
 @pytest.mark.parametrize("recipe", sorted(p.name for p in CONFIGURATION.glob("*.yaml")))
 def test_shipped_recipes_parse_into_the_recipe_arguments(recipe, monkeypatch):
     monkeypatch.setattr("transformers.training_args.TrainingArguments._validate_args", lambda self: None)  # no GPU here
-    script_args, training_args, model_args = TrlParser((LangBridgeArguments, SFTConfig, ModelConfig)).parse_args_and_config(
-        ["--config", str(CONFIGURATION / recipe)])
+    script_args, training_args, model_args = TrlParser(
+        (LangBridgeArguments, SFTConfig, ModelConfig)
+    ).parse_args_and_config(["--config", str(CONFIGURATION / recipe)])
     assert script_args.dataset.endswith(".json") and training_args.output_dir.startswith("checkpoints/")
     assert model_args.model_name_or_path
     if "qlora" in recipe:
@@ -316,33 +478,58 @@ def test_launch_configs_name_a_distributed_type(launch):
 
 def test_a_datasets_dataset_with_messages_and_images_trains(world_model_dir, world, tmp_path):
     """The layout of Hub datasets such as HuggingFaceH4/llava-instruct-mix-vsft: `messages` + a list of images."""
-    from datasets import Dataset, Image as ImageFeature, Sequence
+    from datasets import Dataset, Sequence
+    from datasets import Image as ImageFeature
     from PIL import Image
 
     records = json.loads(world["qa"].read_text())[:12]
     rows = {"messages": [], "images": []}
     for record in records:
         rows["images"].append([Image.open(world["images"] / record["image"])])
-        rows["messages"].append([
-            {"role": "user", "content": [{"type": "image", "text": None}, {"type": "text", "text": record["conversations"][0]["value"].replace("<image>\n", "")}]},
-            {"role": "assistant", "content": [{"type": "text", "text": record["conversations"][1]["value"]}]}])
+        rows["messages"].append(
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "text": None},
+                        {"type": "text", "text": record["conversations"][0]["value"].replace("<image>\n", "")},
+                    ],
+                },
+                {"role": "assistant", "content": [{"type": "text", "text": record["conversations"][1]["value"]}]},
+            ]
+        )
     dataset = Dataset.from_dict(rows).cast_column("images", Sequence(ImageFeature()))
     (tmp_path / "parquet").mkdir()
     dataset.to_parquet(tmp_path / "parquet" / "train.parquet")
     dataset.save_to_disk(tmp_path / "saved")
     for source in ("parquet", "saved"):
-        config = write_config(tmp_path / f"{source}.yaml", model_name_or_path=str(world_model_dir), dataset=str(tmp_path / source),
-                              output_dir=str(tmp_path / f"out-{source}"), max_steps=2, per_device_train_batch_size=4)
+        config = write_config(
+            tmp_path / f"{source}.yaml",
+            model_name_or_path=str(world_model_dir),
+            dataset=str(tmp_path / source),
+            output_dir=str(tmp_path / f"out-{source}"),
+            max_steps=2,
+            per_device_train_batch_size=4,
+        )
         trainer = run_recipe(sft, config)
         assert trainer.state.global_step == 2
         assert json.loads((tmp_path / f"out-{source}" / "data_report.json").read_text())["kept"] == 12
 
 
 def test_an_unfrozen_vision_tower_trains_at_its_own_rate(pretrained, world, tmp_path):
-    config = write_config(tmp_path / "sft.yaml", model_name_or_path=str(pretrained), dataset=str(world["qa"]),
-                          image_folder=str(world["images"]), output_dir=str(tmp_path / "out"), max_steps=3,
-                          per_device_train_batch_size=4, learning_rate=1e-3, train_vision_tower=True,
-                          vision_tower_lr=1e-5, projector_lr=5e-4)
+    config = write_config(
+        tmp_path / "sft.yaml",
+        model_name_or_path=str(pretrained),
+        dataset=str(world["qa"]),
+        image_folder=str(world["images"]),
+        output_dir=str(tmp_path / "out"),
+        max_steps=3,
+        per_device_train_batch_size=4,
+        learning_rate=1e-3,
+        train_vision_tower=True,
+        vision_tower_lr=1e-5,
+        projector_lr=5e-4,
+    )
     trainer = run_recipe(sft, config)
     rates = {}
     for group in trainer.optimizer.param_groups:
@@ -359,29 +546,56 @@ def test_an_unfrozen_vision_tower_trains_at_its_own_rate(pretrained, world, tmp_
 
 def test_a_hub_style_pair_is_composed_before_training(parts, world, tmp_path):
     pair = tmp_path / "pair.json"
-    pair.write_text(json.dumps({"vision_model_name_or_path": str(parts["clip_vision"]), "language_model_name_or_path": str(parts["qwen2"]),
-                                "projector_hidden_size": 32, "shared_vocab_size": 64, "coefficient_activation": "none",
-                                "vision_feature_layer": -2}))
+    pair.write_text(
+        json.dumps(
+            {
+                "vision_model_name_or_path": str(parts["clip_vision"]),
+                "language_model_name_or_path": str(parts["qwen2"]),
+                "projector_hidden_size": 32,
+                "shared_vocab_size": 64,
+                "coefficient_activation": "none",
+                "vision_feature_layer": -2,
+            }
+        )
+    )
     out = tmp_path / "out"
-    config = write_config(tmp_path / "pretrain.yaml", model_name_or_path=str(pair), dataset=str(world["captions"]),
-                          image_folder=str(world["images"]), output_dir=str(out), max_steps=2, per_device_train_batch_size=4)
+    config = write_config(
+        tmp_path / "pretrain.yaml",
+        model_name_or_path=str(pair),
+        dataset=str(world["captions"]),
+        image_folder=str(world["images"]),
+        output_dir=str(out),
+        max_steps=2,
+        per_device_train_batch_size=4,
+    )
     run_recipe(pretrain, config)
     assert AutoModelForImageTextToText.from_pretrained(out / "composed").config.shared_vocab_size == 64
     assert (out / "adapter" / "langbridge_adapter.json").exists()
 
 
 @pytest.mark.parametrize("folder_fixture", ["qwen_clip_dir", "llama_siglip_dir"])  # raw-logit and softmax coefficients
-def test_bf16_mixed_precision_trains_and_runs_the_combination_in_the_steps_dtype(folder_fixture, world, tmp_path, request):
+def test_bf16_mixed_precision_trains_and_runs_the_combination_in_the_steps_dtype(
+    folder_fixture, world, tmp_path, request
+):
     """`bf16: true` (as the shipped recipes set) runs the model under autocast: the projector's autograd functions
     must still work, and the combination runs its products in bf16 like the rest of the step (the precision policy
     of projection_langbridge.py), to within bf16's precision of the exact visual tokens, returned in the
     embeddings' dtype."""
     folder = request.getfixturevalue(folder_fixture)
-    config = write_config(tmp_path / "sft.yaml", model_name_or_path=str(folder), dataset=str(world["qa"]),
-                          image_folder=str(world["images"]), output_dir=str(tmp_path / "out"), max_steps=2,
-                          per_device_train_batch_size=2, bf16=True)
+    config = write_config(
+        tmp_path / "sft.yaml",
+        model_name_or_path=str(folder),
+        dataset=str(world["qa"]),
+        image_folder=str(world["images"]),
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        bf16=True,
+    )
     trainer = run_recipe(sft, config)
-    assert trainer.state.global_step == 2 and all(math.isfinite(log["loss"]) for log in trainer.state.log_history if "loss" in log)
+    assert trainer.state.global_step == 2 and all(
+        math.isfinite(log["loss"]) for log in trainer.state.log_history if "loss" in log
+    )
     assert "model.multi_modal_projector.vocab_proj.weight" in changed(parameters(folder), parameters(tmp_path / "out"))
 
     model = AutoModelForImageTextToText.from_pretrained(folder)
@@ -390,7 +604,9 @@ def test_bf16_mixed_precision_trains_and_runs_the_combination_in_the_steps_dtype
     with torch.autocast("cpu", dtype=torch.bfloat16):
         hidden = projector.hidden_states(features)  # the MLP itself runs in bf16, as autocast means it to
         visual_tokens = projector(features, embed)
-    logits = torch.nn.functional.linear(hidden.double(), projector.vocab_proj.weight.double(), projector.vocab_proj.bias.double())
+    logits = torch.nn.functional.linear(
+        hidden.double(), projector.vocab_proj.weight.double(), projector.vocab_proj.bias.double()
+    )
     coefficients = logits.softmax(-1) if projector.coefficient_activation == "softmax" else logits
     expected = coefficients @ projector.vocab_embeddings(embed).double()
     assert visual_tokens.dtype == torch.float32

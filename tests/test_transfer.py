@@ -7,11 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer, pipeline
 
-from modeling_langbridge.adapter import LangBridgeAdapter
+from modeling_langbridge.assembly.adapter import LangBridgeAdapter
+from modeling_langbridge.assembly.tiny import random_shapes_image, save_clip_vision, tiny_corpus
+from modeling_langbridge.assembly.vocab import SharedVocabulary
 from modeling_langbridge.cli import main
-from modeling_langbridge.corpus import iter_corpus
-from modeling_langbridge.tiny import random_shapes_image, save_clip_vision, tiny_corpus
-from modeling_langbridge.vocab import SharedVocabulary
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +26,24 @@ def wide_qwen_adapter(parts, tmp_path_factory):
     """An adapter over Qwen's first 240 word tokens: enough to include some the Llama tokenizer lacks
     (sentence-initial words such as `What`, which SentencePiece only has as `▁What`)."""
     root = tmp_path_factory.mktemp("wide")
-    assert main(["compose", "--vision-model", str(parts["clip"]), "--language-model", str(parts["qwen2"]),
-                 "--vocab-size", "240", "--projector-hidden-size", "40", "--out", str(root / "model")]) == 0
+    assert (
+        main(
+            [
+                "compose",
+                "--vision-model",
+                str(parts["clip"]),
+                "--language-model",
+                str(parts["qwen2"]),
+                "--vocab-size",
+                "240",
+                "--projector-hidden-size",
+                "40",
+                "--out",
+                str(root / "model"),
+            ]
+        )
+        == 0
+    )
     assert main(["export-adapter", "--model", str(root / "model"), "--out", str(root / "adapter")]) == 0
     return root / "adapter"
 
@@ -47,17 +62,36 @@ def test_adapter_round_trips_with_its_strings_and_facts(qwen_clip_dir, qwen_adap
     for name, tensor in model.model.multi_modal_projector.state_dict().items():
         assert torch.equal(adapter.weights[name], tensor), name
     tokenizer = AutoTokenizer.from_pretrained(qwen_clip_dir)
-    spelled = [tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(i)]) for i in model.config.vocab_token_ids]
+    spelled = [
+        tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(i)]) for i in model.config.vocab_token_ids
+    ]
     assert adapter.vocabulary.tokens == spelled
     assert (adapter.vision_feature_size, adapter.projector_hidden_size, adapter.shared_vocab_size) == (32, 64, 96)
     facts = adapter.facts
-    assert (facts.vision_feature_layer, facts.vision_feature_select_strategy, facts.coefficient_activation) == (-2, "default", "none")
+    assert (facts.vision_feature_layer, facts.vision_feature_select_strategy, facts.coefficient_activation) == (
+        -2,
+        "default",
+        "none",
+    )
     assert facts.trained_with == model.config.language_model_name_or_path
 
 
 def test_transfer_to_another_family_and_width_mixes_the_new_llms_embeddings(wide_qwen_adapter, parts, tmp_path, capsys):
     out = tmp_path / "llama-transferred"
-    assert main(["transfer", "--adapter", str(wide_qwen_adapter), "--language-model", str(parts["llama"]), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "transfer",
+                "--adapter",
+                str(wide_qwen_adapter),
+                "--language-model",
+                str(parts["llama"]),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "Coverage of 240 shared-vocabulary tokens" in printed
 
@@ -93,9 +127,19 @@ def test_transfer_to_another_family_and_width_mixes_the_new_llms_embeddings(wide
     torch.testing.assert_close(visual.double(), expected, rtol=1e-5, atol=1e-6)
 
     chat = pipeline("image-text-to-text", model=str(out), trust_remote_code=True)
-    reply = chat(text=[{"role": "user", "content": [{"type": "image", "image": random_shapes_image(1)},
-                                                    {"type": "text", "text": "What is it?"}]}],
-                 max_new_tokens=4, return_full_text=False)
+    reply = chat(
+        text=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "image": random_shapes_image(1)},
+                    {"type": "text", "text": "What is it?"},
+                ],
+            }
+        ],
+        max_new_tokens=4,
+        return_full_text=False,
+    )
     assert isinstance(reply[0]["generated_text"], str)
 
 
@@ -119,8 +163,24 @@ def test_a_target_lacking_a_tenth_gets_those_composed_and_a_threshold_guards(par
     qwen, llama = (AutoTokenizer.from_pretrained(parts[k]) for k in ("qwen2", "llama"))
     vocabulary = SharedVocabulary.build([qwen, llama], iter(tiny_corpus(300, seed=3)), size=60, progress=False)
     vocab_file = vocabulary.save(tmp_path / "shared.json")
-    assert main(["compose", "--vision-model", str(parts["clip"]), "--language-model", str(parts["qwen2"]),
-                 "--vocab", str(vocab_file), "--projector-hidden-size", "32", "--out", str(tmp_path / "qwen")]) == 0
+    assert (
+        main(
+            [
+                "compose",
+                "--vision-model",
+                str(parts["clip"]),
+                "--language-model",
+                str(parts["qwen2"]),
+                "--vocab",
+                str(vocab_file),
+                "--projector-hidden-size",
+                "32",
+                "--out",
+                str(tmp_path / "qwen"),
+            ]
+        )
+        == 0
+    )
     assert main(["export-adapter", "--model", str(tmp_path / "qwen"), "--out", str(tmp_path / "adapter")]) == 0
 
     lacking = [t for t in vocabulary.tokens if len(t.strip()) > 2][:6]  # a known tenth: six whole words
@@ -128,7 +188,10 @@ def test_a_target_lacking_a_tenth_gets_those_composed_and_a_threshold_guards(par
     capsys.readouterr()
 
     out = tmp_path / "ok"
-    assert main(["transfer", "--adapter", str(tmp_path / "adapter"), "--language-model", str(reduced), "--out", str(out)]) == 0
+    assert (
+        main(["transfer", "--adapter", str(tmp_path / "adapter"), "--language-model", str(reduced), "--out", str(out)])
+        == 0
+    )
     report = capsys.readouterr().out
     assert "90.0% found exactly" in report and "composed from sub-tokens: 6" in report
     for token in lacking:
@@ -142,21 +205,64 @@ def test_a_target_lacking_a_tenth_gets_those_composed_and_a_threshold_guards(par
             assert "".join(tokenizer.convert_ids_to_tokens(entry)).replace("▁", " ") == vocabulary.tokens[n]
 
     refused = tmp_path / "refused"
-    assert main(["transfer", "--adapter", str(tmp_path / "adapter"), "--language-model", str(reduced),
-                 "--out", str(refused), "--min-coverage", "0.95"]) == 2
+    assert (
+        main(
+            [
+                "transfer",
+                "--adapter",
+                str(tmp_path / "adapter"),
+                "--language-model",
+                str(reduced),
+                "--out",
+                str(refused),
+                "--min-coverage",
+                "0.95",
+            ]
+        )
+        == 2
+    )
     error = capsys.readouterr().err
     assert "Only 90.0% of the shared vocabulary" in error and "--min-coverage" in error and "--force" in error
     assert not refused.exists()
-    assert main(["transfer", "--adapter", str(tmp_path / "adapter"), "--language-model", str(reduced),
-                 "--out", str(refused), "--min-coverage", "0.95", "--force"]) == 0
+    assert (
+        main(
+            [
+                "transfer",
+                "--adapter",
+                str(tmp_path / "adapter"),
+                "--language-model",
+                str(reduced),
+                "--out",
+                str(refused),
+                "--min-coverage",
+                "0.95",
+                "--force",
+            ]
+        )
+        == 0
+    )
 
 
 class TestBadInputWritesNothing:
     def test_a_vision_model_of_another_width(self, qwen_adapter, parts, tmp_path, capsys):
         narrow = save_clip_vision(tmp_path / "narrow-clip", hidden_size=24)
         out = tmp_path / "out"
-        assert main(["transfer", "--adapter", str(qwen_adapter), "--language-model", str(parts["llama"]),
-                     "--vision-model", str(narrow), "--out", str(out)]) == 2
+        assert (
+            main(
+                [
+                    "transfer",
+                    "--adapter",
+                    str(qwen_adapter),
+                    "--language-model",
+                    str(parts["llama"]),
+                    "--vision-model",
+                    str(narrow),
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 2
+        )
         error = capsys.readouterr().err
         assert "takes 32-wide vision features but" in error and "gives 24" in error
         assert not out.exists() and not list(tmp_path.glob(".out.partial-*"))
@@ -166,19 +272,40 @@ class TestBadInputWritesNothing:
         shutil.copytree(qwen_adapter, broken)
         (broken / "shared_vocabulary.json").write_text('{"the": 1, "a": 2}')
         out = tmp_path / "out"
-        assert main(["transfer", "--adapter", str(broken), "--language-model", str(parts["llama"]), "--out", str(out)]) == 2
+        assert (
+            main(["transfer", "--adapter", str(broken), "--language-model", str(parts["llama"]), "--out", str(out)])
+            == 2
+        )
         assert "is not a shared-vocabulary file" in capsys.readouterr().err
         assert not out.exists()
 
     def test_a_model_folder_given_as_an_adapter(self, qwen_clip_dir, parts, tmp_path, capsys):
         out = tmp_path / "out"
-        assert main(["transfer", "--adapter", str(qwen_clip_dir), "--language-model", str(parts["llama"]), "--out", str(out)]) == 2
+        assert (
+            main(
+                [
+                    "transfer",
+                    "--adapter",
+                    str(qwen_clip_dir),
+                    "--language-model",
+                    str(parts["llama"]),
+                    "--out",
+                    str(out),
+                ]
+            )
+            == 2
+        )
         assert "export its adapter with `langbridge export-adapter`" in capsys.readouterr().err
 
     def test_an_existing_output_folder_is_not_overwritten(self, qwen_adapter, parts, tmp_path, capsys):
         out = tmp_path / "out"
         out.mkdir()
         (out / "keep.txt").write_text("mine")
-        assert main(["transfer", "--adapter", str(qwen_adapter), "--language-model", str(parts["llama"]), "--out", str(out)]) == 2
+        assert (
+            main(
+                ["transfer", "--adapter", str(qwen_adapter), "--language-model", str(parts["llama"]), "--out", str(out)]
+            )
+            == 2
+        )
         assert "already exists and is not empty" in capsys.readouterr().err
         assert (out / "keep.txt").read_text() == "mine"

@@ -8,8 +8,8 @@ import torch
 from transformers import AttentionInterface, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from modeling_langbridge.modeling_langbridge import hub_kernels_wanted
-from modeling_langbridge.tiny import random_shapes_image
+from modeling_langbridge.assembly.tiny import random_shapes_image
+from modeling_langbridge.model.modeling_langbridge import hub_kernels_wanted
 
 
 def load(folder):
@@ -143,11 +143,12 @@ def test_offline_loads_ask_for_no_hub_kernels(qwen_clip_dir, parts, kernel_reque
     recipes' loader for the demo's LLaVA baseline, which is no LangBridge class."""
     from trl import ModelConfig
 
-    from modeling_langbridge.compose import compose, compose_llava
-    from training.models import load_for_stage
+    from langbridge_training.demo.llava_baseline import compose_llava
+    from langbridge_training.models import load_for_stage
+    from modeling_langbridge.assembly.compose import compose
 
     AutoModelForImageTextToText.from_pretrained(qwen_clip_dir)
-    compose(str(parts["clip"]), str(parts["qwen2"]), projector_hidden_size=16, vocab_size=32)
+    compose(str(parts["clip"]), str(parts["qwen2"]), projector_hidden_size=16, shared_vocab_size=32)
     llava = compose_llava(str(parts["clip"]), str(parts["qwen2"])).save(tmp_path / "llava")
     load_for_stage(ModelConfig(model_name_or_path=str(llava)), "pretrain", False, str(tmp_path / "out"))
     loaded = {name for name, _ in kernel_requests}
@@ -158,13 +159,15 @@ def test_offline_loads_ask_for_no_hub_kernels(qwen_clip_dir, parts, kernel_reque
 def test_an_explicit_kernels_setting_reaches_every_load(qwen_clip_dir, parts, tmp_path, kernel_requests):
     from trl import ModelConfig
 
-    from modeling_langbridge.compose import compose
-    from training.models import load_for_stage
+    from langbridge_training.models import load_for_stage
+    from modeling_langbridge.assembly.compose import compose
 
-    compose(str(parts["clip"]), str(parts["qwen2"]), projector_hidden_size=16, vocab_size=32, use_kernels=True)
+    compose(str(parts["clip"]), str(parts["qwen2"]), projector_hidden_size=16, shared_vocab_size=32, use_kernels=True)
     assert {name for name, asked in kernel_requests if asked} >= {"Qwen2ForCausalLM", "CLIPVisionModel"}
     kernel_requests.clear()
-    load_for_stage(ModelConfig(model_name_or_path=str(qwen_clip_dir)), "pretrain", False, str(tmp_path), use_kernels=True)
+    load_for_stage(
+        ModelConfig(model_name_or_path=str(qwen_clip_dir)), "pretrain", False, str(tmp_path), use_kernels=True
+    )
     assert ("LangBridgeForConditionalGeneration", True) in kernel_requests
 
 
@@ -185,7 +188,10 @@ def test_processor_answers_what_an_inference_engine_asks(qwen_clip_dir):
     positions = torch.where(out["mm_token_type_ids"][0] == 1)[0]
     assert [len(p) for p in torch.split(positions, counts["num_image_tokens"])] == counts["num_image_tokens"]
     assert out["pixel_values"].shape[0] == sum(counts["num_image_patches"])
-    assert processor._get_num_multimodal_tokens(image_sizes=([10000, 10000],))["num_image_tokens"] == counts["num_image_tokens"][:1]
+    assert (
+        processor._get_num_multimodal_tokens(image_sizes=([10000, 10000],))["num_image_tokens"]
+        == counts["num_image_tokens"][:1]
+    )
     offsets = processor(text=[text], images=images, return_text_replacement_offsets=True)["text_replacement_offsets"][0]
     assert [o["replacement"].count(processor.image_token) for o in offsets] == counts["num_image_tokens"]
     assert not hasattr(processor, "audio_token")

@@ -8,10 +8,10 @@ import pytest
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
+from modeling_langbridge.assembly.corpus import iter_corpus, iter_json_array
+from modeling_langbridge.assembly.tiny import tiny_corpus
+from modeling_langbridge.assembly.vocab import SharedVocabulary, normal_form, normal_form_bytes, token_bytes
 from modeling_langbridge.cli import main
-from modeling_langbridge.corpus import iter_corpus, iter_json_array
-from modeling_langbridge.tiny import tiny_corpus
-from modeling_langbridge.vocab import SharedVocabulary, normal_form, normal_form_bytes, token_bytes
 
 
 @pytest.fixture(scope="module")
@@ -26,9 +26,17 @@ def corpus_files(tmp_path_factory):
     texts = tiny_corpus(size=400, seed=7)
     (root / "captions.txt").write_text("\n".join(texts) + "\n")
     (root / "captions.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    llava = [{"id": str(i), "image": f"{i}.jpg", "conversations": [
-        {"from": "human", "value": "<image>\n" + texts[i]}, {"from": "gpt", "value": texts[i + 1]}]}
-        for i in range(0, len(texts), 2)]
+    llava = [
+        {
+            "id": str(i),
+            "image": f"{i}.jpg",
+            "conversations": [
+                {"from": "human", "value": "<image>\n" + texts[i]},
+                {"from": "gpt", "value": texts[i + 1]},
+            ],
+        }
+        for i in range(0, len(texts), 2)
+    ]
     (root / "llava.json").write_text(json.dumps(llava, indent=1))
     return root, texts
 
@@ -96,8 +104,21 @@ def hand_built_tokenizer() -> PreTrainedTokenizerFast:
     vocab = {symbol: i for i, symbol in enumerate(sorted(alphabet))}
     for piece in pieces:
         vocab[piece] = len(vocab)
-    merges = [("Ġ", "r"), ("Ġr", "e"), ("Ġre", "d"), ("Ġ", "g"), ("Ġg", "r"), ("Ġgr", "e"), ("e", "n"), ("Ġgre", "en"),
-              ("Ġ", "c"), ("Ġc", "i"), ("Ġci", "r"), ("c", "l"), ("cl", "e")]
+    merges = [
+        ("Ġ", "r"),
+        ("Ġr", "e"),
+        ("Ġre", "d"),
+        ("Ġ", "g"),
+        ("Ġg", "r"),
+        ("Ġgr", "e"),
+        ("e", "n"),
+        ("Ġgre", "en"),
+        ("Ġ", "c"),
+        ("Ġc", "i"),
+        ("Ġci", "r"),
+        ("c", "l"),
+        ("cl", "e"),
+    ]
     for left, right in merges:
         vocab.setdefault(left + right, len(vocab))
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
@@ -121,7 +142,9 @@ def test_coverage_on_a_third_tokenizer_is_exact_on_a_hand_built_case():
     assert mapping.entries[5] == ids("â")
     assert mapping.coverage == pytest.approx(3 / 6)
     report = mapping.report()
-    assert "50.0% found exactly" in report and "composed from sub-tokens: 3" in report and "' circle' = 2 pieces" in report
+    assert (
+        "50.0% found exactly" in report and "composed from sub-tokens: 3" in report and "' circle' = 2 pieces" in report
+    )
 
 
 def test_a_token_no_sub_tokens_can_spell_is_missing():
@@ -151,9 +174,13 @@ def test_a_large_llava_file_is_read_without_holding_it(tmp_path):
     with open(path, "w") as file:
         file.write("[")
         for i in range(40_000):
-            conversation = [{"from": "human", "value": "<image>\nRender a clear and concise summary of the photo."},
-                            {"from": "gpt", "value": f"a photo of a red circle next to {i} blue squares on a table"}]
-            file.write(("," if i else "") + json.dumps({"id": f"{i:09d}", "image": f"{i}.jpg", "conversations": conversation}))
+            conversation = [
+                {"from": "human", "value": "<image>\nRender a clear and concise summary of the photo."},
+                {"from": "gpt", "value": f"a photo of a red circle next to {i} blue squares on a table"},
+            ]
+            file.write(
+                ("," if i else "") + json.dumps({"id": f"{i:09d}", "image": f"{i}.jpg", "conversations": conversation})
+            )
         file.write("]")
     size = path.stat().st_size
     tracemalloc.start()
@@ -167,8 +194,25 @@ def test_a_large_llava_file_is_read_without_holding_it(tmp_path):
 def test_vocab_cli_builds_and_inspects(tokenizers, corpus_files, parts, tmp_path, capsys):
     root, _ = corpus_files
     out = tmp_path / "vocab.json"
-    assert main(["vocab", "build", "--tokenizer", str(parts["qwen2"]), "--tokenizer", str(parts["llama"]),
-                 "--corpus", str(root / "llava.json"), "--size", "50", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "vocab",
+                "build",
+                "--tokenizer",
+                str(parts["qwen2"]),
+                "--tokenizer",
+                str(parts["llama"]),
+                "--corpus",
+                str(root / "llava.json"),
+                "--size",
+                "50",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "Saved 50 shared tokens" in capsys.readouterr().out
     saved = json.loads(out.read_text())
     assert saved["format"] == "langbridge-shared-vocabulary" and len(saved["tokens"]) == 50
@@ -186,12 +230,48 @@ def test_a_datasets_column_streams_into_the_same_vocabulary(tokenizers, corpus_f
     root, texts = corpus_files
     dataset_dir = tmp_path / "captions-dataset"
     dataset_dir.mkdir()
-    (dataset_dir / "train.jsonl").write_text("".join(json.dumps({"caption": t, "id": n}) + "\n" for n, t in enumerate(texts)))
+    (dataset_dir / "train.jsonl").write_text(
+        "".join(json.dumps({"caption": t, "id": n}) + "\n" for n, t in enumerate(texts))
+    )
     out = tmp_path / "vocab.json"
-    assert main(["vocab", "build", "--tokenizer", str(parts["qwen2"]), "--tokenizer", str(parts["llama"]),
-                 "--dataset", str(dataset_dir), "--column", "caption", "--size", "40", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "vocab",
+                "build",
+                "--tokenizer",
+                str(parts["qwen2"]),
+                "--tokenizer",
+                str(parts["llama"]),
+                "--dataset",
+                str(dataset_dir),
+                "--column",
+                "caption",
+                "--size",
+                "40",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     from_files = SharedVocabulary.build(list(tokenizers), iter_corpus([root / "captions.txt"]), size=40, progress=False)
     assert SharedVocabulary.load(out).tokens == from_files.tokens
-    assert main(["vocab", "build", "--tokenizer", str(parts["qwen2"]), "--tokenizer", str(parts["llama"]),
-                 "--size", "40", "--out", str(tmp_path / "none.json")]) == 2
+    assert (
+        main(
+            [
+                "vocab",
+                "build",
+                "--tokenizer",
+                str(parts["qwen2"]),
+                "--tokenizer",
+                str(parts["llama"]),
+                "--size",
+                "40",
+                "--out",
+                str(tmp_path / "none.json"),
+            ]
+        )
+        == 2
+    )
     assert "--corpus FILE... or as --dataset" in capsys.readouterr().err

@@ -5,14 +5,20 @@ from dataclasses import dataclass, field
 
 @dataclass
 class LangBridgeArguments:
-    dataset: str = field(metadata={"help": "LLaVA JSON file, or a `datasets` name/folder with `messages` and `images`."})
-    image_folder: str | None = field(default=None, metadata={"help": "Folder the LLaVA JSON's image paths are relative to."})
+    dataset: str = field(
+        metadata={"help": "LLaVA JSON file, or a `datasets` name/folder with `messages` and `images`."}
+    )
+    image_folder: str | None = field(
+        default=None, metadata={"help": "Folder the LLaVA JSON's image paths are relative to."}
+    )
     dataset_split: str = field(default="train", metadata={"help": "Split of a `datasets` dataset."})
     dataset_config: str | None = field(default=None, metadata={"help": "Configuration name of a `datasets` dataset."})
     data_format: str | None = field(
         default=None,
-        metadata={"help": "`plain` (images, then the caption; LLaVA's stage 1) or `chat` (assistant replies learned). "
-                          "Default: plain for pretrain, chat for sft."},
+        metadata={
+            "help": "`plain` (images, then the caption; LLaVA's stage 1) or `chat` (assistant replies learned). "
+            "Default: plain for pretrain, chat for sft."
+        },
     )
     skip_bad_images: bool = field(
         default=True,
@@ -24,9 +30,11 @@ class LangBridgeArguments:
     projector_lr: float | None = field(default=None, metadata={"help": "Learning rate of the projector."})
     use_kernels: bool | None = field(
         default=None,
-        metadata={"help": "transformers' Hub kernels (e.g. kernels-community/rotary) for every model the recipe loads. "
-                          "Default: only when the Hub may be reached (not under HF_HUB_OFFLINE=1), so offline GPU "
-                          "machines train without them; true on an offline machine reads them from the local cache."},
+        metadata={
+            "help": "transformers' Hub kernels (e.g. kernels-community/rotary) for every model the recipe loads. "
+            "Default: only when the Hub may be reached (not under HF_HUB_OFFLINE=1), so offline GPU "
+            "machines train without them; true on an offline machine reads them from the local cache."
+        },
     )
     merge_lora: bool = field(
         default=True,

@@ -22,13 +22,20 @@ class LangBridgeCollator:
         batch = self._plain(examples) if self.mode == "plain" else self._chat(examples)
         labels = batch["input_ids"].clone()
         learned = batch.pop("learned")
-        labels[(learned == 0) | (batch["attention_mask"] == 0) | (batch["input_ids"] == self.processor.image_token_id)] = -100
+        labels[
+            (learned == 0) | (batch["attention_mask"] == 0) | (batch["input_ids"] == self.processor.image_token_id)
+        ] = -100
         batch["labels"] = labels
         return batch
 
     def _processor_kwargs(self) -> dict:
-        return {"padding": True, "padding_side": "right", "truncation": self.max_length is not None,
-                "max_length": self.max_length, "return_tensors": "pt"}
+        return {
+            "padding": True,
+            "padding_side": "right",
+            "truncation": self.max_length is not None,
+            "max_length": self.max_length,
+            "return_tensors": "pt",
+        }
 
     def _chat(self, examples):
         images = [example["images"] for example in examples]
@@ -37,8 +44,12 @@ class LangBridgeCollator:
         if any(images):
             kwargs["images"] = images
         batch = self.processor.apply_chat_template(
-            [example["messages"] for example in examples], tokenize=True, return_dict=True,
-            return_assistant_tokens_mask=True, return_tensors=return_tensors, processor_kwargs=kwargs,
+            [example["messages"] for example in examples],
+            tokenize=True,
+            return_dict=True,
+            return_assistant_tokens_mask=True,
+            return_tensors=return_tensors,
+            processor_kwargs=kwargs,
         )
         batch["learned"] = batch.pop("assistant_masks")
         return batch
@@ -46,7 +57,9 @@ class LangBridgeCollator:
     def _plain(self, examples):
         parts = [render_plain(example["messages"], len(example["images"])) for example in examples]
         images = [image for example in examples for image in example["images"]] or None
-        batch = self.processor(images=images, text=[prompt + target for prompt, target in parts], **self._processor_kwargs())
+        batch = self.processor(
+            images=images, text=[prompt + target for prompt, target in parts], **self._processor_kwargs()
+        )
         prompt_lengths = [len(self.processor.tokenizer(prompt)["input_ids"]) for prompt, _ in parts]
         # A prompt holds its <image> once; in input_ids each image is its tokens (image_seq_length, or by size if tiled).
         image_tokens = (batch["input_ids"] == self.processor.image_token_id).sum(dim=1)

@@ -12,14 +12,15 @@ import multiprocessing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from datasets import Dataset, Image as ImageFeature, Sequence, load_dataset, load_from_disk
+from datasets import Dataset, Sequence, load_dataset, load_from_disk
+from datasets import Image as ImageFeature
 from datasets.exceptions import DatasetGenerationError
 from PIL import Image
 
-from modeling_langbridge.corpus import iter_json_array
+from modeling_langbridge.assembly.corpus import iter_json_array
 from modeling_langbridge.errors import LangBridgeUsageError
 from modeling_langbridge.files import require_source
-from modeling_langbridge.processing_langbridge import open_image as open_checked_image
+from modeling_langbridge.model.processing_langbridge import open_image
 
 IMAGE = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -42,8 +43,8 @@ def llava_record_to_sample(record: dict, image_folder: str | Path | None, where:
     errors (file and record number)."""
     if not isinstance(record, dict) or not isinstance(record.get("conversations"), list):
         raise LangBridgeUsageError(
-            f"{where} has no \"conversations\" list; LLaVA records look like {{\"image\": ..., \"conversations\": "
-            "[{\"from\": \"human\", \"value\": ...}, {\"from\": \"gpt\", \"value\": ...}]}."
+            f'{where} has no "conversations" list; LLaVA records look like {{"image": ..., "conversations": '
+            '[{"from": "human", "value": ...}, {"from": "gpt", "value": ...}]}.'
         )
     images = record.get("image") or []
     images = [images] if isinstance(images, str) else list(images)
@@ -53,8 +54,8 @@ def llava_record_to_sample(record: dict, image_folder: str | Path | None, where:
         role = turn.get("from") if isinstance(turn, dict) else None
         if role not in ROLES or not isinstance(turn.get("value"), str):
             raise LangBridgeUsageError(
-                f"{where} has a turn {str(turn)[:80]!r} whose \"from\" is not one of {sorted(ROLES)} (or whose "
-                "\"value\" is not text); fix the record or rename the role."
+                f'{where} has a turn {str(turn)[:80]!r} whose "from" is not one of {sorted(ROLES)} (or whose '
+                '"value" is not text); fix the record or rename the role.'
             )
         messages.append({"role": ROLES[role], "content": content_items(turn["value"])})
     return {"messages": messages, "images": [str(folder / name) if folder else name for name in images]}
@@ -87,18 +88,23 @@ def load_messages_dataset(name_or_path: str, split: str = "train", config_name: 
     else:
         dataset = load_dataset(name_or_path, config_name, split=split)
     if "image" in dataset.column_names and "images" not in dataset.column_names:
-        dataset = dataset.map(lambda row: {"images": [row["image"]] if row["image"] is not None else []},
-                              remove_columns=["image"])
+        dataset = dataset.map(
+            lambda row: {"images": [row["image"]] if row["image"] is not None else []}, remove_columns=["image"]
+        )
     missing = {"messages", "images"} - set(dataset.column_names)
     if missing:
-        raise ValueError(f"{name_or_path} has no {sorted(missing)} column(s); expected `messages` and `images` (or `image`).")
+        raise ValueError(
+            f"{name_or_path} has no {sorted(missing)} column(s); expected `messages` and `images` (or `image`)."
+        )
     feature = dataset.features["images"]
     if isinstance(feature, (list, Sequence)) or hasattr(feature, "feature"):
         dataset = dataset.cast_column("images", [ImageFeature(decode=False)])
     return dataset
 
 
-def load_training_data(dataset: str, image_folder: str | None = None, split: str = "train", config_name: str | None = None) -> Dataset:
+def load_training_data(
+    dataset: str, image_folder: str | None = None, split: str = "train", config_name: str | None = None
+) -> Dataset:
     """LLaVA JSON when `dataset` is a .json file, otherwise a `datasets` name or folder."""
     if str(dataset).endswith(".json"):
         return load_llava_json(dataset, image_folder)
@@ -144,7 +150,8 @@ def render_plain(messages: list[dict], num_images: int) -> tuple[str, str]:
 
 def count_image_items(messages: list[dict]) -> int:
     return sum(
-        message["content"].count(IMAGE) if isinstance(message["content"], str)
+        message["content"].count(IMAGE)
+        if isinstance(message["content"], str)
         else sum(item["type"] == "image" for item in message["content"])
         for message in messages
     )
@@ -164,8 +171,9 @@ def stored_image_size(ref) -> tuple[int, int] | None:
         return None
 
 
-def fit_to_length(dataset: Dataset, processor, image_seq_length: int, max_length: int | None, mode: str,
-                  report: DataReport) -> Dataset:
+def fit_to_length(
+    dataset: Dataset, processor, image_seq_length: int, max_length: int | None, mode: str, report: DataReport
+) -> Dataset:
     """Keep the samples that fit: truncation may shorten text after the images, never cut into one, and every
     kept sample has at least one token to learn. Counts what it drops in `report`.
 
@@ -194,7 +202,10 @@ def fit_to_length(dataset: Dataset, processor, image_seq_length: int, max_length
             trainable = [0] * prompt_length + [1] * (len(ids) - prompt_length)
         else:
             out = tokenizer.apply_chat_template(
-                _as_chat(messages), chat_template=processor.chat_template, tokenize=True, return_dict=True,
+                _as_chat(messages),
+                chat_template=processor.chat_template,
+                tokenize=True,
+                return_dict=True,
                 return_assistant_tokens_mask=True,
             )
             ids, trainable = out["input_ids"], out["assistant_masks"]
@@ -231,16 +242,14 @@ def fit_to_length(dataset: Dataset, processor, image_seq_length: int, max_length
 def _as_chat(messages: list[dict]) -> list[dict]:
     """Arrow stores text items' missing fields as None; the chat template expects plain dicts."""
     return [
-        {"role": m["role"], "content": m["content"] if isinstance(m["content"], str)
-         else [{k: v for k, v in item.items() if v is not None} for item in m["content"]]}
+        {
+            "role": m["role"],
+            "content": m["content"]
+            if isinstance(m["content"], str)
+            else [{k: v for k, v in item.items() if v is not None} for item in m["content"]],
+        }
         for m in messages
     ]
-
-
-def open_image(ref) -> Image.Image:
-    """An image from a path or a `{"bytes", "path"}` dict, fully decoded and checked so a corrupt file fails here
-    (the processor's `open_image`, shared with the pipeline, `interpret` and `eval`)."""
-    return open_checked_image(ref)
 
 
 class ImageLoader:
@@ -303,7 +312,9 @@ class ImageLoader:
             return bytes(self._bad.get_obj()).count(1)
 
 
-def with_lazy_images(dataset: Dataset, skip_bad_images: bool = True, report: DataReport | None = None) -> tuple[Dataset, ImageLoader]:
+def with_lazy_images(
+    dataset: Dataset, skip_bad_images: bool = True, report: DataReport | None = None
+) -> tuple[Dataset, ImageLoader]:
     """The dataset as training sees it (messages and opened images), and the loader that counts bad images."""
     dataset = dataset.add_column("row", list(range(len(dataset))))
     loader = ImageLoader(dataset, skip_bad_images, report)
@@ -321,8 +332,9 @@ def prepare_training_data(script_args, processor, image_seq_length: int, max_len
     images, and the report of what was dropped.
     """
     report = DataReport()
-    dataset = load_training_data(script_args.dataset, script_args.image_folder, script_args.dataset_split,
-                                 script_args.dataset_config)
+    dataset = load_training_data(
+        script_args.dataset, script_args.image_folder, script_args.dataset_split, script_args.dataset_config
+    )
     if script_args.max_samples:
         dataset = dataset.select(range(min(script_args.max_samples, len(dataset))))
     dataset = fit_to_length(dataset, processor, image_seq_length, max_length, mode, report)

@@ -6,15 +6,19 @@ Stage 2 (`sft`): projector + LLM, the LLM trained fully, with LoRA (`use_peft`),
 unfrozen with its own learning rate, as LLaVA-NeXT does.
 """
 
-import json
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, BitsAndBytesConfig
+from transformers.utils import logging
 
 import modeling_langbridge  # noqa: F401  (registers the Auto classes)
-from modeling_langbridge.compose import compose
-from modeling_langbridge.modeling_langbridge import hub_kernels_wanted
+from modeling_langbridge.assembly.compose import compose
+from modeling_langbridge.assembly.hub_configs import derived_differences, read_hub_config
+from modeling_langbridge.errors import LangBridgeUsageError
+from modeling_langbridge.model.modeling_langbridge import hub_kernels_wanted
+
+logger = logging.get_logger(__name__)
 
 LLM_LINEAR_LAYERS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 # Full module paths: bitsandbytes matches skip modules by name, and these must stay in full precision.
@@ -26,17 +30,19 @@ def resolve_model(model_name_or_path: str, output_dir: str, use_kernels: bool | 
     path = Path(model_name_or_path)
     if path.suffix != ".json":
         return model_name_or_path
-    config = json.loads(path.read_text())
     composed_dir = Path(output_dir) / "composed"
     if not (composed_dir / "config.json").exists():
+        settings = read_hub_config(path)
+        if not {"vision_model", "language_model"} <= set(settings):
+            raise LangBridgeUsageError(
+                f"{path} must name both models (vision_model_name_or_path and "
+                "language_model_name_or_path) to be composed for training."
+            )
         composed = compose(
-            config["vision_model_name_or_path"], config["language_model_name_or_path"],
-            projector_hidden_size=config["projector_hidden_size"], vocab_size=config["shared_vocab_size"],
-            coefficients=config["coefficient_activation"], vision_feature_layer=config["vision_feature_layer"],
-            use_kernels=use_kernels,
-            **{key: config[key] for key in ("image_grid_pinpoints", "vision_aspect_ratio", "patch_merge_type")
-               if config.get(key) is not None},  # tiling, when the config asks for it
+            settings.pop("vision_model"), settings.pop("language_model"), use_kernels=use_kernels, **settings
         )
+        for note in derived_differences(path, composed.model.config):
+            logger.warning(note)
         composed.save(composed_dir)
     return str(composed_dir)
 
@@ -58,7 +64,11 @@ def load_for_stage(model_args, stage: str, train_vision_tower: bool, output_dir:
     """The model and processor, with `requires_grad` set for the stage (PEFT later freezes the LLM for LoRA)."""
     path = resolve_model(model_args.model_name_or_path, output_dir, use_kernels)
     dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    kwargs = {"dtype": dtype, "attn_implementation": model_args.attn_implementation, "use_kernels": hub_kernels_wanted(use_kernels)}
+    kwargs = {
+        "dtype": dtype,
+        "attn_implementation": model_args.attn_implementation,
+        "use_kernels": hub_kernels_wanted(use_kernels),
+    }
     if stage == "sft" and (quantization := quantization_config(model_args)) is not None:
         kwargs["quantization_config"] = quantization
     model = AutoModelForImageTextToText.from_pretrained(path, **{k: v for k, v in kwargs.items() if v is not None})
@@ -95,10 +105,18 @@ def lora_config(model_args, train_vision_tower: bool):
     layers = [layers] if isinstance(layers, str) else list(layers)
     is_regex = len(layers) == 1 and any(char in layers[0] for char in "*()|")
     target = layers[0] if is_regex else rf".*language_model.*\.({'|'.join(layers)})"
-    modules_to_save = ["multi_modal_projector", *(["vision_tower"] if train_vision_tower else []),
-                       *(model_args.lora_modules_to_save or [])]
+    modules_to_save = [
+        "multi_modal_projector",
+        *(["vision_tower"] if train_vision_tower else []),
+        *(model_args.lora_modules_to_save or []),
+    ]
     return LoraConfig(
-        r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-        target_modules=target, modules_to_save=modules_to_save, task_type=None,
-        use_rslora=model_args.use_rslora, use_dora=model_args.use_dora,
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=target,
+        modules_to_save=modules_to_save,
+        task_type=None,
+        use_rslora=model_args.use_rslora,
+        use_dora=model_args.use_dora,
     )

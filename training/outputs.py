@@ -10,8 +10,14 @@ from modeling_langbridge.errors import LangBridgeUsageError
 from modeling_langbridge.files import require_source, scratch_path
 
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
-WEIGHT_FILES = ("model.safetensors", "adapter_model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "adapter_model.bin", "pytorch_model.bin.index.json")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "adapter_model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "adapter_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def check_output_dir(model_name_or_path: str, output_dir: str) -> None:
@@ -29,7 +35,7 @@ def check_output_dir(model_name_or_path: str, output_dir: str) -> None:
 
 
 def is_our_adapter(folder: Path) -> bool:
-    from modeling_langbridge.adapter import ADAPTER_CONFIG, FORMAT
+    from modeling_langbridge.assembly.adapter import ADAPTER_CONFIG, FORMAT
 
     try:
         return json.loads((folder / ADAPTER_CONFIG).read_text()).get("format") == FORMAT
@@ -40,7 +46,11 @@ def is_our_adapter(folder: Path) -> bool:
 def check_adapter_dir(adapter_dir: str | Path) -> None:
     """Before training: an existing `adapter` folder may be replaced only if it is an adapter a run wrote."""
     adapter_dir = Path(adapter_dir)
-    if adapter_dir.exists() and (not adapter_dir.is_dir() or any(adapter_dir.iterdir())) and not is_our_adapter(adapter_dir):
+    if (
+        adapter_dir.exists()
+        and (not adapter_dir.is_dir() or any(adapter_dir.iterdir()))
+        and not is_our_adapter(adapter_dir)
+    ):
         raise LangBridgeUsageError(
             f"{adapter_dir} exists and is not a LangBridge adapter; the run saves its adapter there and will not "
             "delete what it did not write. Move it away, or choose another output_dir."
@@ -94,7 +104,11 @@ def newest_complete_checkpoint(output_dir: str | Path) -> tuple[str | None, list
     """The newest `checkpoint-N` of output_dir saved whole, and a note per newer one skipped (empty or torn)."""
     output_dir = Path(output_dir)
     found = sorted(
-        ((int(m.group(1)), p) for p in (output_dir.iterdir() if output_dir.is_dir() else []) if (m := CHECKPOINT.match(p.name)) and p.is_dir()),
+        (
+            (int(m.group(1)), p)
+            for p in (output_dir.iterdir() if output_dir.is_dir() else [])
+            if (m := CHECKPOINT.match(p.name)) and p.is_dir()
+        ),
         reverse=True,
     )
     skipped = []
@@ -118,11 +132,14 @@ def resume_argument(value, output_dir: str):
         if checkpoint is None:
             raise LangBridgeUsageError(
                 f"resume_from_checkpoint is set but {output_dir} holds no complete checkpoint-N folder"
-                + (f" ({'; '.join(skipped)})" if skipped else "") + "; start without it, or point it at a checkpoint."
+                + (f" ({'; '.join(skipped)})" if skipped else "")
+                + "; start without it, or point it at a checkpoint."
             )
         if skipped:
             print(f"Resume: from {checkpoint}, the newest complete checkpoint")
         return checkpoint
     if value and not Path(value).is_dir():
-        raise LangBridgeUsageError(f"resume_from_checkpoint {value} does not exist; give a checkpoint-N folder or true.")
+        raise LangBridgeUsageError(
+            f"resume_from_checkpoint {value} does not exist; give a checkpoint-N folder or true."
+        )
     return value or None

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from modeling_langbridge.adapter import LangBridgeAdapter
+from modeling_langbridge.assembly.adapter import LangBridgeAdapter
 
 from .arguments import LangBridgeArguments
 from .collator import LangBridgeCollator
@@ -31,7 +31,10 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
     # Model: only the projector learns
     ################
     model, processor = load_for_stage(
-        model_args, "pretrain", train_vision_tower=False, output_dir=training_args.output_dir,
+        model_args,
+        "pretrain",
+        train_vision_tower=False,
+        output_dir=training_args.output_dir,
         use_kernels=script_args.use_kernels,
     )
 

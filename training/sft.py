@@ -13,7 +13,7 @@ LoRA merged into a full-precision copy of the base in `output_dir/merged`, a pla
 import torch
 from trl import ModelConfig, SFTConfig, TrlParser
 
-from modeling_langbridge.modeling_langbridge import hub_kernels_wanted
+from modeling_langbridge.model.modeling_langbridge import hub_kernels_wanted
 
 from .arguments import LangBridgeArguments
 from .collator import LangBridgeCollator
@@ -69,19 +69,25 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
     if model_args.use_peft and script_args.merge_lora and trainer.is_world_process_zero():
         save_merged(
             resolve_model(model_args.model_name_or_path, training_args.output_dir, script_args.use_kernels),
-            training_args.output_dir, processor, use_kernels=script_args.use_kernels, dtype=model_args.dtype,
+            training_args.output_dir,
+            processor,
+            use_kernels=script_args.use_kernels,
+            dtype=model_args.dtype,
         )
     return trainer
 
 
-def save_merged(base_path: str, adapter_dir: str, processor, use_kernels: bool | None = None,
-                dtype: str | None = None) -> str:
+def save_merged(
+    base_path: str, adapter_dir: str, processor, use_kernels: bool | None = None, dtype: str | None = None
+) -> str:
     """The LoRA merged into a full-precision copy of the base model (a QLoRA base is re-read unquantized), saved in
     the dtype the recipe loads the model with (`dtype`; float32 when unset or `auto`)."""
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
 
-    base = AutoModelForImageTextToText.from_pretrained(base_path, dtype=torch.float32, use_kernels=hub_kernels_wanted(use_kernels))
+    base = AutoModelForImageTextToText.from_pretrained(
+        base_path, dtype=torch.float32, use_kernels=hub_kernels_wanted(use_kernels)
+    )
     with peft_reads_old_checkpointing_name():
         merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     if dtype not in (None, "auto"):

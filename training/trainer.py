@@ -14,8 +14,15 @@ from .data import DataReport
 
 
 class LangBridgeTrainer(SFTTrainer):
-    def __init__(self, *args, projector_lr: float | None = None, vision_tower_lr: float | None = None,
-                 data_report: DataReport | None = None, image_loader=None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        projector_lr: float | None = None,
+        vision_tower_lr: float | None = None,
+        data_report: DataReport | None = None,
+        image_loader=None,
+        **kwargs,
+    ):
         self.projector_lr = projector_lr
         self.vision_tower_lr = vision_tower_lr
         self.data_report = data_report or DataReport()
@@ -40,13 +47,19 @@ class LangBridgeTrainer(SFTTrainer):
         parameters itself, which this does first."""
         unwrapped = self.accelerator.unwrap_model(self.model)
         self.load_dtype = getattr(unwrapped, "dtype", None)  # the dtype asked for (`dtype` in the recipe)
-        self.saved_dtypes = {name: tensor.dtype for name, tensor in self.model.state_dict().items() if tensor.is_floating_point()}
+        self.saved_dtypes = {
+            name: tensor.dtype for name, tensor in self.model.state_dict().items() if tensor.is_floating_point()
+        }
         if self.is_deepspeed_enabled:
             return
         mixed_precision = self.args.bf16 or self.args.fp16
         for name, parameter in self.model.named_parameters():
-            if parameter.requires_grad and parameter.is_floating_point() and parameter.dtype != torch.float32 and (
-                    mixed_precision or "multi_modal_projector" in name or "vision_tower" in name):
+            if (
+                parameter.requires_grad
+                and parameter.is_floating_point()
+                and parameter.dtype != torch.float32
+                and (mixed_precision or "multi_modal_projector" in name or "vision_tower" in name)
+            ):
                 parameter.data = parameter.data.float()
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
@@ -66,14 +79,20 @@ class LangBridgeTrainer(SFTTrainer):
             self._save_in_load_dtypes(output_dir, state_dict)
 
     def _save_in_load_dtypes(self, output_dir: str | None, state_dict: dict | None) -> None:
-        if state_dict is None and any(self.saved_dtypes.get(name, tensor.dtype) != tensor.dtype
-                                      for name, tensor in self.model.named_parameters()):
+        if state_dict is None and any(
+            self.saved_dtypes.get(name, tensor.dtype) != tensor.dtype for name, tensor in self.model.named_parameters()
+        ):
             state_dict = self.model.state_dict()
         if state_dict:
             state_dict = self.in_saved_dtypes(state_dict)
         super()._save(output_dir, state_dict=state_dict)
         model = self.accelerator.unwrap_model(self.model)
-        if self.args.should_save and self.load_dtype is not None and hasattr(model, "config") and not hasattr(model, "peft_config"):
+        if (
+            self.args.should_save
+            and self.load_dtype is not None
+            and hasattr(model, "config")
+            and not hasattr(model, "peft_config")
+        ):
             # save_pretrained names the dtype of the first parameter, a float32 master weight if it is trainable
             model.config.dtype = self.load_dtype
             model.config.save_pretrained(output_dir or self.args.output_dir)
@@ -125,7 +144,9 @@ class LangBridgeTrainer(SFTTrainer):
         if self.is_world_process_zero():
             print(f"Data: {summary}")
             Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
-            (Path(self.args.output_dir) / "data_report.json").write_text(json.dumps(self.data_report.to_dict(), indent=2))
+            (Path(self.args.output_dir) / "data_report.json").write_text(
+                json.dumps(self.data_report.to_dict(), indent=2)
+            )
         return summary
 
 

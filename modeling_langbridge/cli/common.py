@@ -1,0 +1,75 @@
+"""What every command group shares: the parser (one-line errors, defaults in --help), argument types, the check
+that given paths exist, and printing a build's notes."""
+
+import argparse
+from pathlib import Path
+
+
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """`--help` names every option's default: in its help text, or appended as "(default: X)"."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        nothing = action.default is None or action.default is False or action.default == argparse.SUPPRESS
+        if "default" in text or nothing or not action.option_strings:
+            return text
+        return super()._get_help_string(action)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line: `langbridge CMD: error: ...`, exit status 2; help shows defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpWithDefaults)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed; give a whole number of at least 1")
+    return value
+
+
+def share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{value} is not a share; give a number from 0 to 1, such as 0.8")
+    return value
+
+
+def command(parser, run, existing: tuple = (), sources: tuple = ()) -> None:
+    """Bind a subcommand to its function, with the path arguments that must exist when given ((attribute, what it
+    is) pairs) and those that are a local path or a Hub id."""
+    parser.set_defaults(run=run, existing=existing, sources=sources)
+
+
+def check_paths(args) -> None:
+    """Refuse a missing path as missing, before any work and before transformers reads it as a Hub id."""
+    from ..files import require_source
+
+    for name, what in args.existing:
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and not Path(value).expanduser().exists():
+                flag = name if name in ("image",) else "--" + name.replace("_", "-")
+                raise FileNotFoundError(f"{value} does not exist ({flag}); give an existing {what}.")
+    for name in args.sources:
+        values = getattr(args, name, None)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None:
+                require_source(value, name.replace("_", " "))
+
+
+def print_notes(composed) -> None:
+    for note in composed.notes:
+        print(f"- {note}")

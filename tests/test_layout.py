@@ -1,0 +1,83 @@
+"""The layout's promises: the files a checkpoint carries import only each other, the old import paths of the flat
+layout still work (with a warning naming the new place), and the installed distribution has no generic names."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[1]
+MODEL_FILES = sorted((ROOT / "modeling_langbridge" / "model").glob("*_langbridge.py"))
+
+
+def test_the_shipped_model_files_import_only_each_other():
+    shipped = {path.stem for path in MODEL_FILES}
+    assert shipped == {
+        "configuration_langbridge",
+        "modeling_langbridge",
+        "processing_langbridge",
+        "projection_langbridge",
+        "tiling_langbridge",
+    }
+    for path in MODEL_FILES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1 and node.module in shipped, f"{path.name}: from {'.' * node.level}{node.module}"
+            elif isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+                assert not any(n.split(".")[0] in ("modeling_langbridge", "langbridge_training") for n in names), (
+                    path.name
+                )
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "name"),
+    [
+        ("modeling_langbridge.transfer", "modeling_langbridge.assembly.transfer", "transfer"),
+        ("modeling_langbridge.compose", "modeling_langbridge.assembly.compose", "compose"),
+        (
+            "modeling_langbridge.modeling_langbridge",
+            "modeling_langbridge.model.modeling_langbridge",
+            "LangBridgeProjector",
+        ),
+        ("modeling_langbridge.harness.runner", "modeling_langbridge.analysis.harness.runner", "HarnessRunner"),
+    ],
+)
+def test_old_import_paths_still_work_and_name_the_new_place(old, new, name):
+    """In a fresh interpreter: the old path gives the very same object, and the first import warns where it went."""
+    script = f"from {old} import {name} as a; from {new} import {name} as b; assert a is b"
+    result = subprocess.run(
+        [sys.executable, "-W", "always::FutureWarning", "-c", script], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    moved_package = old if not old.endswith(".runner") else old.rsplit(".", 1)[0]  # the package is the one that moved
+    assert f"`{moved_package}` is now `{new.removesuffix('.runner')}`" in result.stderr
+
+
+def test_compose_accepts_its_old_argument_names_with_a_warning(parts):
+    from modeling_langbridge.assembly.compose import compose
+
+    with pytest.warns(FutureWarning, match=r"compose\(vocab_size=...\) is now shared_vocab_size=..."):
+        composed = compose(str(parts["clip"]), str(parts["qwen2"]), projector_hidden_size=8, vocab_size=16)
+    assert composed.model.config.shared_vocab_size == 16
+
+
+def test_the_recipes_install_under_a_name_that_cannot_collide():
+    """The training/ folder is the package `langbridge_training`; no `training` is importable outside the repository."""
+    import langbridge_training
+
+    assert Path(langbridge_training.__file__).parent == ROOT / "training"
+    outside = subprocess.run([sys.executable, "-c", "import training"], capture_output=True, text=True, cwd="/")
+    assert outside.returncode != 0 and "No module named 'training'" in outside.stderr
+
+
+@pytest.mark.parametrize("recipe", ["pretrain", "sft"])
+def test_the_recipes_launch_as_modules_from_any_folder(recipe, tmp_path):
+    """`python -m langbridge_training.<recipe>` (what `accelerate launch -m` and torchrun run) outside the repository."""
+    result = subprocess.run(
+        [sys.executable, "-m", f"langbridge_training.{recipe}", "--help"], capture_output=True, text=True, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "--model_name_or_path" in result.stdout and "--image_folder" in result.stdout

@@ -1,0 +1,121 @@
+"""Why a transferred adapter works on one pair of LLMs and not another: measures on a finished demo run.
+
+With raw-logit coefficients (`none`) a visual token on LLM-1 is `c @ E1`, and only the part of `c` inside the span of
+E1's columns reaches LLM-1: with T shared tokens and an LLM of width d < T, T - d directions of every `c` are
+invisible during stage 1, so nothing trains them. On LLM-2 the same `c` meets E2, whose columns span other directions,
+and that invisible part arrives as a component LLM-1 never judged. These measures say how large it is, how the two
+embedding tables relate, and what the coefficients look like, per seed.
+"""
+
+import torch
+
+
+def column_space_projector(embeddings: torch.Tensor) -> torch.Tensor:
+    """P [T, T], the orthogonal projector onto the span of E's columns: `c @ P @ E == c @ E` for every c."""
+    basis, singular, _ = torch.linalg.svd(embeddings.double(), full_matrices=False)
+    kept = basis[:, singular > singular.max() * 1e-10]
+    return kept @ kept.T
+
+
+def held_out_fit(source: torch.Tensor, target: torch.Tensor, orthogonal: bool) -> float:
+    """R^2 of predicting E2's rows from E1's on tokens not used for the fit (two folds, even and odd rows):
+    a least-squares linear map, or an orthogonal one (Procrustes) after centring and scaling both."""
+    scores = []
+    for fit, test in ((slice(0, None, 2), slice(1, None, 2)), (slice(1, None, 2), slice(0, None, 2))):
+        x, y = source.double(), target.double()
+        mx, my = x[fit].mean(0), y[fit].mean(0)
+        x, y = x - mx, y - my
+        if orthogonal:
+            x, y = x / x[fit].norm(), y / y[fit].norm()
+            u, _, vh = torch.linalg.svd(x[fit].T @ y[fit], full_matrices=False)
+            mapped = x[test] @ (u @ vh)
+            scale = (mapped * y[test]).sum() / (mapped * mapped).sum()  # the best scale, fitted on nothing else
+            prediction = mapped * scale
+        else:
+            prediction = x[test] @ torch.linalg.lstsq(x[fit], y[fit]).solution
+        scores.append(1 - ((prediction - y[test]) ** 2).sum().item() / (y[test] ** 2).sum().item())
+    return sum(scores) / len(scores)
+
+
+def similarity_agreement(source: torch.Tensor, target: torch.Tensor) -> float:
+    """Correlation of the two tables' token-to-token cosine similarities (off the diagonal): whether the LLMs agree
+    on which shared tokens are alike, whatever their widths. 1: the same geometry; 0: unrelated."""
+
+    def cosines(e):
+        e = torch.nn.functional.normalize(e.double(), dim=-1)
+        similar = e @ e.T
+        return similar[~torch.eye(len(e), dtype=torch.bool)]
+
+    return torch.corrcoef(torch.stack([cosines(source), cosines(target)]))[0, 1].item()
+
+
+def coefficient_statistics(coefficients: torch.Tensor, e1: torch.Tensor, e2: torch.Tensor) -> dict:
+    """Statistics of the coefficients [N, T] of a stage-1 adapter on held-out images, and how the part of them that
+    LLM-1 cannot see (outside E1's column span) weighs on LLM-2's visual tokens."""
+    c = coefficients.double()
+    invisible = c - c @ column_space_projector(e1)
+    on_llm2, from_invisible = c @ e2.double(), invisible @ e2.double()
+    magnitude = c.abs()
+    share = magnitude / magnitude.sum(-1, keepdim=True)
+    return {
+        "norm": c.norm(dim=-1).mean().item(),
+        "effective_tokens": (1 / (share**2).sum(-1)).mean().item(),  # participation ratio of |c|: 1 = one token
+        "top5_share": share.topk(5, dim=-1).values.sum(-1).mean().item(),
+        "negative_share": (c < 0).double().mean().item(),
+        "invisible_share_of_c": (invisible.norm(dim=-1) / c.norm(dim=-1)).mean().item(),
+        "invisible_share_on_llm2": (from_invisible.norm(dim=-1) / on_llm2.norm(dim=-1)).mean().item(),
+    }
+
+
+def readable_words(coefficients: torch.Tensor, tokens: list[str], captions: list[str], grid: int = 3) -> dict:
+    """Do the coefficients name the scene in words? Per image, the coefficients averaged over the patches of the
+    object's column; an attribute is read right when, among that attribute's words in the shared vocabulary, the
+    true one has the largest coefficient. This is what can carry over to another LLM, whatever its geometry."""
+    from .stage1_captions import parse_caption
+    from .world import COLOURS, COLUMNS, NUMBERS, SHAPES
+
+    words = {"colour": list(COLOURS), "shape": list(SHAPES), "count": list(NUMBERS[1:])}
+    index = {token.strip(): n for n, token in enumerate(tokens)}
+    per_image = coefficients.reshape(len(captions), grid, grid, -1)
+    right = {attribute: 0 for attribute in words}
+    for coefficients_of_image, text in zip(per_image, captions):
+        truth = parse_caption(text)
+        column = coefficients_of_image[:, COLUMNS.index(truth["column"])].mean(0)
+        for attribute, options in words.items():
+            present = [w for w in options if w in index]
+            best = max(present, key=lambda w: column[index[w]].item())
+            right[attribute] += best == truth[attribute]
+    return {f"readable_{attribute}": count / len(captions) for attribute, count in right.items()}
+
+
+def diagnose(pretrained_b: str, transferred_b: str, images: list, captions: list[str] | None = None) -> dict:
+    """All the measures for one run: B's stage-1 model (on LLM-1) and the same adapter transferred to LLM-2."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from modeling_langbridge.model.modeling_langbridge import hub_kernels_wanted
+
+    source = AutoModelForImageTextToText.from_pretrained(pretrained_b, use_kernels=hub_kernels_wanted()).eval()
+    target = AutoModelForImageTextToText.from_pretrained(transferred_b, use_kernels=hub_kernels_wanted()).eval()
+    processor = AutoProcessor.from_pretrained(pretrained_b)
+    with torch.no_grad():
+        e1 = source.model.multi_modal_projector.vocab_embeddings(source.get_input_embeddings()).float()
+        e2 = target.model.multi_modal_projector.vocab_embeddings(target.get_input_embeddings()).float()
+        pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+        features = source.model.get_vision_features(pixels)
+        coefficients = source.model.multi_modal_projector.coefficients(features.reshape(-1, features.shape[-1]))
+    tokens = [
+        processor.tokenizer.decode([i]) if isinstance(i, int) else processor.tokenizer.decode(i)
+        for i in source.config.vocab_token_ids
+    ]
+    readable = readable_words(coefficients, tokens, captions) if captions else {}
+    return readable | {
+        "shared_tokens": e1.shape[0],
+        "llm1_width": e1.shape[1],
+        "llm2_width": e2.shape[1],
+        "e1_rank": torch.linalg.matrix_rank(e1.double()).item(),
+        "e2_rank": torch.linalg.matrix_rank(e2.double()).item(),
+        "linear_fit_r2": held_out_fit(e1, e2, orthogonal=False),
+        "orthogonal_fit_r2": held_out_fit(e1, e2, orthogonal=True),
+        "similarity_agreement": similarity_agreement(e1, e2),
+        **coefficient_statistics(coefficients, e1, e2),
+    }
