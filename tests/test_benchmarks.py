@@ -8,6 +8,7 @@ from benchmarks.measure import compare
 from benchmarks.projection import D, T
 
 
+@pytest.mark.slow
 def test_compare_measures_each_side_and_counts_the_gradients_both_return():
     tokens, hidden = 64, 16
     options = {"activation": "none", "tokens": tokens, "hidden": hidden, "embeddings": "trained"}

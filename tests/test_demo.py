@@ -15,6 +15,9 @@ from langbridge_training.demo.study import REMEDIES
 from langbridge_training.demo.world import QUESTION_KINDS
 from modeling_langbridge.cli import main
 
+# Every test here reads a quick demo run (about 40 s) or runs the study: the full suite's, not the fast loop's.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
@@ -269,7 +272,6 @@ def test_eval_names_the_folder_it_looked_in_for_a_missing_image(demo, tmp_path, 
     assert "test_000000.png" in error and "--image-folder" in error
 
 
-@pytest.mark.slow
 def test_the_study_caches_each_run_and_summarises_every_seed(demo, tmp_path, capsys):
     import shutil
 

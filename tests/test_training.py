@@ -354,6 +354,7 @@ def sft_in_two_processes(config: Path, output_dir: Path, port: int, env: dict | 
     return [json.loads((output_dir / f"digest-rank{rank}.json").read_text()) for rank in (0, 1)]
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_train_identical_replicas(pretrained, world, tmp_path):
     config = write_config(
         tmp_path / "ddp.yaml",
@@ -375,6 +376,7 @@ def test_torchrun_two_processes_train_identical_replicas(pretrained, world, tmp_
     assert digests[0]["parameters"] != initial
 
 
+@pytest.mark.slow
 def test_deepspeed_zero3_trains_with_partitioned_weights(pretrained, world, tmp_path):
     """ZeRO-3 keeps each weight partitioned outside its module's call; the projector reads W and b for the fold
     and E through the embedding module, so both must be gathered for it. DeepSpeed runs on CPU (gloo) here."""
