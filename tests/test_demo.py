@@ -280,7 +280,7 @@ def test_the_study_caches_each_run_and_summarises_every_seed(demo, tmp_path, cap
     command = ["demo", "--study", "--quick", "--seeds", "3", "4", "--out", str(study)]
     assert main(command) == 0
     printed = capsys.readouterr().out
-    assert "[study] 1/4 seed 3, none" in printed and "[study] 4/4 seed 4, softmax, about" in printed
+    assert "[study] 1/4 seed-3/none" in printed and "[study] 4/4 seed-4/softmax, about" in printed
     assert "[study] 4 runs summarised" in printed
     summary = json.loads((study / "summary.json").read_text())
     assert summary["seeds"] == [3, 4] and set(summary["activations"]) == {"none", "softmax"}
@@ -325,7 +325,7 @@ def test_the_study_caches_each_run_and_summarises_every_seed(demo, tmp_path, cap
     # Remedies run beside the plain activations, which are reused; a stage-1 remedy retrains only runs with a stage 1.
     assert main(["demo", "--remedies", "--quick", "--seeds", "4", "--out", str(study)]) == 0
     printed = capsys.readouterr().out
-    assert printed.count(": cached") == 2 and "seed 4, softmax-lr0.005" in printed
+    assert printed.count(": cached") == 2 and "seed-4/softmax-lr0.005" in printed
     runs = json.loads((study / "seed-4" / "softmax-lr0.005" / "results.json").read_text())["runs"]
     assert runs["B"]["path"].endswith("sft/B-softmax-lr0.005")
     assert runs["D-langbridge"]["path"].endswith("sft/D-langbridge-softmax")

@@ -41,18 +41,34 @@ def caption_accuracy(
     model = AutoModelForImageTextToText.from_pretrained(model_dir, use_kernels=hub_kernels_wanted()).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
     captions = read_captions(captions_file)
-    names = sorted(captions)
+    images = {name: Path(image_folder) / name for name in sorted(captions)}
+    records = caption_records(model, processor, captions, images, batch_size, max_new_tokens)
+    if predictions is not None:
+        predictions.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return scored(records)
+
+
+def caption_records(
+    model, processor, captions: dict, images: dict, batch_size: int = 64, max_new_tokens: int = 12, before_batch=None
+) -> list[dict]:
+    """Greedy captions of `images` (name: path or PIL image) in stage 1's format, each checked against `captions` per attribute.
+    `before_batch(names)` is called before each batch is generated (for measures that steer the visual tokens)."""
+    names = list(images)
     records = []
     for start in range(0, len(names), batch_size):
         batch = names[start : start + batch_size]
-        images = [Image.open(Path(image_folder) / name).convert("RGB") for name in batch]
+        pictures = [
+            (images[n] if isinstance(images[n], Image.Image) else Image.open(images[n])).convert("RGB") for n in batch
+        ]
         inputs = processor(
-            images=images,
+            images=pictures,
             text=[processor.image_token] * len(batch),
             return_tensors="pt",
             padding=True,
             padding_side="left",
         )
+        if before_batch is not None:
+            before_batch(batch)
         with torch.no_grad():
             output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         texts = processor.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -67,8 +83,10 @@ def caption_accuracy(
                     **{key: read.get(key) == truth[key] for key in ATTRIBUTES},
                 }
             )
-    if predictions is not None:
-        predictions.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def scored(records: list[dict]) -> dict:
     accuracy = {key: sum(r[key] for r in records) / len(records) for key in ATTRIBUTES}
     accuracy["exact"] = sum(all(r[key] for key in ATTRIBUTES) for r in records) / len(records)
     return accuracy | {"images": len(records)}

@@ -25,15 +25,31 @@ VALIDATION_SEEDS = (0, 1, 2)
 # the LangBridge stage 1 a larger rate.
 REMEDIES = {
     "softmax, stage-1 lr 5e-3": ("softmax", {"langbridge_pretrain_lr": 5e-3}),
+    "softmax, stage-1 lr 2e-2": ("softmax", {"langbridge_pretrain_lr": 2e-2}),
+    "softmax, stage-1 lr 5e-2": ("softmax", {"langbridge_pretrain_lr": 5e-2}),
     "none, stage-1 lr 5e-3": ("none", {"langbridge_pretrain_lr": 5e-3}),
 }
 
 
 def label(activation: str, overrides: dict | None = None) -> str:
-    """The folder and stage label of a variant: its activation, and a remedy's changes."""
+    """The report folder of a variant inside its seed folder: its activation, and a stage-1 remedy's rate."""
     from .experiment import DemoSettings, langbridge_label
 
     return langbridge_label(replace(DemoSettings(coefficient_activation=activation), **(overrides or {})))
+
+
+def seed_folder(out: Path, seed: int, overrides: dict | None = None) -> Path:
+    """Where a variant's stages live. Overrides of settings that LangBridge's stages are kept apart by share the
+    seed's folder (and its world, encoder, LLMs and LLaVA runs); any other override (say, longer text training)
+    gets a folder of its own, so that it never redoes the plain seed's stages."""
+    from .experiment import LANGBRIDGE
+
+    own = {k: v for k, v in sorted((overrides or {}).items()) if k not in LANGBRIDGE}
+    return out / "-".join([f"seed-{seed}", *(f"{k}={v}" for k, v in own.items())])
+
+
+def variant_dir(out: Path, seed: int, activation: str, overrides: dict | None = None) -> Path:
+    return seed_folder(out, seed, overrides) / label(activation, overrides)
 
 
 def finished(report_dir: Path, settings) -> dict | None:
@@ -47,25 +63,25 @@ def finished(report_dir: Path, settings) -> dict | None:
 
 def run_variants(out: Path, plan: list[tuple[int, str, dict]], quick: bool, console: Console) -> dict:
     """Run (or reuse) the demo for each (seed, activation, overrides) in `plan`; their results, keyed by
-    (seed, label). A finished one is reused, so the study can be stopped and resumed; progress and the time left
-    are shown."""
+    `variant_dir` relative to `out`. A finished one is reused, so the study can be stopped and resumed; progress
+    and the time left are shown."""
     from .experiment import DemoSettings
     from .experiment import main as run_demo
 
     spent, ran, results = 0.0, 0, {}
     for number, (seed, activation, overrides) in enumerate(plan, start=1):
-        name = label(activation, overrides)
+        report_dir = variant_dir(out, seed, activation, overrides)
+        name = str(report_dir.relative_to(out))
         settings = replace(
             (DemoSettings.quick if quick else DemoSettings)(seed=seed, coefficient_activation=activation), **overrides
         )
-        report_dir = out / f"seed-{seed}" / name
         if not finished(report_dir, settings):
             left = len(plan) - number + 1
             estimate = f", about {spent / ran * left / 60:.0f} min left" if ran else ""
-            console.say(f"[study] {number}/{len(plan)} seed {seed}, {name}{estimate}")
+            console.say(f"[study] {number}/{len(plan)} {name}{estimate}")
             start = time.time()
             run_demo(
-                out / f"seed-{seed}",
+                report_dir.parent,
                 quick=quick,
                 seed=seed,
                 coefficient_activation=activation,
@@ -74,8 +90,8 @@ def run_variants(out: Path, plan: list[tuple[int, str, dict]], quick: bool, cons
             )
             spent, ran = spent + time.time() - start, ran + 1
         else:
-            console.say(f"[study] {number}/{len(plan)} seed {seed}, {name}: cached")
-        results[seed, name] = json.loads((report_dir / "results.json").read_text())
+            console.say(f"[study] {number}/{len(plan)} {name}: cached")
+        results[name] = json.loads((report_dir / "results.json").read_text())
     return results
 
 
@@ -87,7 +103,8 @@ def run_study(
     out.mkdir(parents=True, exist_ok=True)
     console = Console(out / "study.log")
     try:
-        results = run_variants(out, [(seed, a, {}) for seed in seeds for a in activations], quick, console)
+        found = run_variants(out, [(seed, a, {}) for seed in seeds for a in activations], quick, console)
+        results = {(seed, a): found[f"seed-{seed}/{a}"] for seed in seeds for a in activations}
         diagnoses = {(seed, a): diagnosis(out / f"seed-{seed}", a) for seed in seeds for a in activations}
         summary = summarise(results, seeds, activations, diagnoses)
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -111,7 +128,13 @@ def run_remedies(
     try:
         results = run_variants(out, [(seed, a, o) for seed in seeds for a, o in variants.values()], quick, console)
         table = {
-            name: {seed: remedy_figures(results[seed, label(a, o)]) for seed in seeds}
+            name: {
+                seed: remedy_figures(
+                    results[str(variant_dir(out, seed, a, o).relative_to(out))],
+                    diagnosis(seed_folder(out, seed, o), label(a, o)),
+                )
+                for seed in seeds
+            }
             for name, (a, o) in variants.items()
         }
         (out / "remedies.json").write_text(json.dumps({"seeds": list(seeds), "variants": table}, indent=1))
@@ -122,9 +145,10 @@ def run_remedies(
     return out
 
 
-def remedy_figures(results: dict) -> dict:
-    """What a remedy is judged by, per split: B as % of A, the controls as % of A, and the captions before SFT."""
-    figures = {}
+def remedy_figures(results: dict, measured: dict) -> dict:
+    """What a remedy is judged by, per split: B as % of A, the controls as % of A, and the captions before SFT; and
+    what `transfer_diagnosis` measures of B's coefficients."""
+    figures = {"diagnosis": {key: measured[key] for key in DIAGNOSED}}
     for split in ("validation", "test"):
         a = max(overall(results, "A", split), 1e-9)
         figures[split] = {
@@ -144,21 +168,30 @@ def remedies_markdown(table: dict, seeds) -> str:
         "with all four attributes right before SFT (validation), "
         + " / ".join(next(iter(next(iter(table.values())).values()))["validation"]["captions_before_sft"])
         + ".\n",
-        "| variant | seed | A | B | C | D-llava | D-langbridge | captions before SFT |",
-        "|---|---|---|---|---|---|---|---|",
+        "The last columns: how often B's coefficients on LLM-1 give the true colour / shape / count word the largest "
+        "weight among its alternatives (chance: 25% / 33% / 33%), and over how many tokens they spread "
+        "(`transfer_diagnosis.py`, 60 validation images).\n",
+        "| variant | seed | A | B | C | D-llava | D-langbridge | captions before SFT | words named | effective tokens |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, per_seed in table.items():
         for seed in seeds:
             v, t = per_seed[seed]["validation"], per_seed[seed]["test"]
             runs = " | ".join(f"{100 * v[r]:.0f}% ({100 * t[r]:.0f}%)" for r in ORDER[1:])
             captions = " / ".join(percent(x) for x in v["captions_before_sft"].values())
-            lines.append(f"| {name} | {seed} | {percent(v['A'])} ({percent(t['A'])}) | {runs} | {captions} |")
+            d = per_seed[seed]["diagnosis"]
+            named = " / ".join(percent(d[f"readable_{a}"]) for a in ("colour", "shape", "count"))
+            lines.append(
+                f"| {name} | {seed} | {percent(v['A'])} ({percent(t['A'])}) | {runs} | {captions} | {named} | "
+                f"{d['effective_tokens']:.1f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
-def diagnosis(seed_dir: Path, activation: str, images: int = 60) -> dict:
-    """`transfer_diagnosis.diagnose` for one (seed, activation) on validation images, kept beside its results."""
-    path = seed_dir / activation / "diagnosis.json"
+def diagnosis(seed_dir: Path, variant: str, images: int = 60) -> dict:
+    """`transfer_diagnosis.diagnose` for one seed and variant (an activation, or a remedy's label) on validation
+    images, kept beside its results."""
+    path = seed_dir / variant / "diagnosis.json"
     if path.exists():
         return json.loads(path.read_text())
     from PIL import Image
@@ -172,8 +205,8 @@ def diagnosis(seed_dir: Path, activation: str, images: int = 60) -> dict:
     names = sorted(captions)[:images]
     pictures = [Image.open(Path(validation["images"]) / name).convert("RGB") for name in names]
     measured = diagnose(
-        str(seed_dir / "pretrain" / f"B-{activation}"),
-        str(seed_dir / "transfer" / f"B-{activation}"),
+        str(seed_dir / "pretrain" / f"B-{variant}"),
+        str(seed_dir / "transfer" / f"B-{variant}"),
         pictures,
         [captions[name] for name in names],
     )
@@ -203,7 +236,18 @@ def correlation(xs: list[float], ys: list[float]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / (sx * sy) if sx and sy else None
 
 
-DIAGNOSED = ("similarity_agreement", "readable_colour", "readable_shape", "readable_count", "effective_tokens", "norm")
+DIAGNOSED = (
+    "similarity_agreement",
+    "readable_colour",
+    "readable_shape",
+    "readable_count",
+    "effective_tokens",
+    "norm",
+    "token_scale_llm1",
+    "token_scale_llm2",
+    "word_list_captions_llm1",
+    "word_list_captions_llm2",
+)
 
 
 def summarise(results: dict, seeds, activations, diagnoses: dict | None = None) -> dict:
@@ -367,22 +411,27 @@ def diagnosis_table(study: dict, seeds) -> str:
         "count named",
         "effective tokens",
         "coefficient norm",
+        "token scale LLM-1 / LLM-2",
+        "word-list captions LLM-1 / LLM-2",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for seed in seeds:
-        measured = study["diagnosis"].get(seed)
-        if not measured:
+        m = study["diagnosis"].get(seed)
+        if not m:
             continue
         lines.append(
             f"| {seed} | {100 * study['per_seed']['test'][seed]['B']['of_a']:.0f}% | "
-            f"{measured['similarity_agreement']:.2f} | {percent(measured['readable_colour'])} | "
-            f"{percent(measured['readable_shape'])} | {percent(measured['readable_count'])} | "
-            f"{measured['effective_tokens']:.1f} of {measured['shared_tokens']} | {measured['norm']:.2f} |"
+            f"{m['similarity_agreement']:.2f} | {percent(m['readable_colour'])} | "
+            f"{percent(m['readable_shape'])} | {percent(m['readable_count'])} | "
+            f"{m['effective_tokens']:.1f} of {m['shared_tokens']} | {m['norm']:.2f} | "
+            f"{m['token_scale_llm1']:.2f} / {m['token_scale_llm2']:.2f} | "
+            f"{percent(m['word_list_captions_llm1'])} / {percent(m['word_list_captions_llm2'])} |"
         )
     relations = study.get("diagnosis_vs_b") or {}
     if relations:
         cells = [f"{r:+.2f}" if r is not None else "-" for r in (relations.get(k) for k in DIAGNOSED)]
-        lines.append("| r with B % of A | | " + " | ".join(cells) + " |")
+        pairs = cells[:6] + [f"{cells[6]} / {cells[7]}", f"{cells[8]} / {cells[9]}"]
+        lines.append("| r with B % of A | | " + " | ".join(pairs) + " |")
     return "\n".join(lines)
 
 
@@ -418,7 +467,10 @@ def summary_markdown(summary: dict) -> str:
             "Why B transfers or not (`transfer_diagnosis.py`, 60 validation images): how alike LLM-1's and LLM-2's "
             "embeddings of the shared tokens are (correlation of their token-to-token cosines), how often B's "
             "coefficients on LLM-1 give the true colour, shape and count word the largest weight among its "
-            "alternatives (chance: 25%, 33%, 33%), how many tokens the coefficients spread over, and their norm:\n",
+            "alternatives (chance: 25%, 33%, 33%), how many tokens the coefficients spread over, their norm, how large "
+            "the visual tokens are against each LLM's own words, and the ideal transfer: stage-1 captions (all four "
+            "attributes right) when every visual token is exactly the embedding of its patch's word in the scene "
+            "table, what coefficients that named the scene's words would give on either LLM:\n",
             diagnosis_table(study, seeds) + "\n",
         ]
     return "\n".join(parts)

@@ -1,10 +1,11 @@
 """Why a transferred adapter works on one pair of LLMs and not another: measures on a finished demo run.
 
-With raw-logit coefficients (`none`) a visual token on LLM-1 is `c @ E1`, and only the part of `c` inside the span of
-E1's columns reaches LLM-1: with T shared tokens and an LLM of width d < T, T - d directions of every `c` are
-invisible during stage 1, so nothing trains them. On LLM-2 the same `c` meets E2, whose columns span other directions,
-and that invisible part arrives as a component LLM-1 never judged. These measures say how large it is, how the two
-embedding tables relate, and what the coefficients look like, per seed.
+A visual token on LLM-1 is `c @ E1`; after `transfer` the same coefficients `c` meet E2. Transfer can only work as
+far as the two tables agree on the shared tokens (fits of one onto the other, the agreement of their token-to-token
+similarities) and as far as `c` says something in words rather than in LLM-1's private geometry (does the largest
+coefficient among the colour, shape and count words name the true one). With more shared tokens T than LLM-1's width
+d, T - d directions of every `c` would be invisible during stage 1 and arrive untrained on LLM-2 (`invisible_share_*`
+measures it; it is zero when T <= d, as in the demo, whose LLMs share 48 whole-word tokens).
 """
 
 import torch
@@ -19,7 +20,10 @@ def column_space_projector(embeddings: torch.Tensor) -> torch.Tensor:
 
 def held_out_fit(source: torch.Tensor, target: torch.Tensor, orthogonal: bool) -> float:
     """R^2 of predicting E2's rows from E1's on tokens not used for the fit (two folds, even and odd rows):
-    a least-squares linear map, or an orthogonal one (Procrustes) after centring and scaling both."""
+    a least-squares linear map, or an orthogonal one (Procrustes) after centring and scaling both. It means something
+    only with more tokens than dimensions: with fewer (the demo's 48 shared tokens in widths 64 and 96) the map is
+    underdetermined and held-out rows come out wrong even for an exact rotation, so the study reads
+    `similarity_agreement` instead."""
     scores = []
     for fit, test in ((slice(0, None, 2), slice(1, None, 2)), (slice(1, None, 2), slice(0, None, 2))):
         x, y = source.double(), target.double()
@@ -60,11 +64,21 @@ def coefficient_statistics(coefficients: torch.Tensor, e1: torch.Tensor, e2: tor
     return {
         "norm": c.norm(dim=-1).mean().item(),
         "effective_tokens": (1 / (share**2).sum(-1)).mean().item(),  # participation ratio of |c|: 1 = one token
-        "top5_share": share.topk(5, dim=-1).values.sum(-1).mean().item(),
+        "top5_share": share.topk(min(5, share.shape[-1]), dim=-1).values.sum(-1).mean().item(),
         "negative_share": (c < 0).double().mean().item(),
         "invisible_share_of_c": (invisible.norm(dim=-1) / c.norm(dim=-1)).mean().item(),
         "invisible_share_on_llm2": (from_invisible.norm(dim=-1) / on_llm2.norm(dim=-1)).mean().item(),
+        # How large the visual tokens are against each LLM's own words (norm / RMS norm of its shared-token
+        # embeddings), and how much of that survives the move: 1 = as large on LLM-2 as on LLM-1.
+        "token_scale_llm1": token_scale(c, e1),
+        "token_scale_llm2": token_scale(c, e2),
     }
+
+
+def token_scale(coefficients: torch.Tensor, embeddings: torch.Tensor) -> float:
+    """Mean norm of the visual tokens `c @ E` over the RMS norm of E's rows (the LLM's shared words)."""
+    e = embeddings.double()
+    return ((coefficients.double() @ e).norm(dim=-1).mean() / e.norm(dim=-1).pow(2).mean().sqrt()).item()
 
 
 def readable_words(coefficients: torch.Tensor, tokens: list[str], captions: list[str], grid: int = 3) -> dict:
@@ -88,6 +102,52 @@ def readable_words(coefficients: torch.Tensor, tokens: list[str], captions: list
     return {f"readable_{attribute}": count / len(captions) for attribute, count in right.items()}
 
 
+def scene_words(caption: str) -> list[str]:
+    """The scene table of a caption (world.scene_table's words), patch by patch: row r, column c of the 3 x 3 grid
+    holds the count, colour or shape word (r = 0, 1, 2) of what stands in column c, or `none`."""
+    from .stage1_captions import parse_caption
+    from .world import COLUMNS
+
+    truth = parse_caption(caption)
+    column = COLUMNS.index(truth["column"])
+    return [truth[attribute] if c == column else "none" for attribute in ("count", "colour", "shape") for c in range(3)]
+
+
+def word_list_captions(model_dir: str, images: dict, captions: dict) -> dict:
+    """The ideal transfer, measured: stage-1 captions when each visual token is exactly the embedding of the word its
+    patch stands for in the scene table (what an adapter whose coefficients named the scene's words would give on
+    any LLM that shares them). It says whether the LLM can caption from word tokens, apart from whether an adapter
+    learns them; the adapter's own projector is bypassed by a forward hook."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from modeling_langbridge.model.modeling_langbridge import hub_kernels_wanted
+
+    from .stage1_captions import caption_records, scored
+
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, use_kernels=hub_kernels_wanted()).eval()
+    processor = AutoProcessor.from_pretrained(model_dir)
+    projector = model.model.multi_modal_projector
+    with torch.no_grad():
+        embeddings = projector.vocab_embeddings(model.get_input_embeddings())
+    index = {processor.tokenizer.decode(ids).strip(): n for n, ids in enumerate(model.config.vocab_token_ids)}
+    wanted = {word for caption in captions.values() for word in scene_words(caption)}
+    if wanted - set(index):
+        raise ValueError(f"the shared vocabulary lacks the scene words {sorted(wanted - set(index))}")
+    steered = {}
+
+    def before_batch(names):
+        rows = [[index[word] for word in scene_words(captions[name])] for name in names]
+        steered["tokens"] = embeddings[torch.tensor(rows)]
+
+    hook = projector.register_forward_hook(
+        lambda module, args, output: steered["tokens"].to(output.dtype).reshape(output.shape)
+    )
+    try:
+        return scored(caption_records(model, processor, captions, images, before_batch=before_batch))
+    finally:
+        hook.remove()
+
+
 def diagnose(pretrained_b: str, transferred_b: str, images: list, captions: list[str] | None = None) -> dict:
     """All the measures for one run: B's stage-1 model (on LLM-1) and the same adapter transferred to LLM-2."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -108,6 +168,13 @@ def diagnose(pretrained_b: str, transferred_b: str, images: list, captions: list
         for i in source.config.vocab_token_ids
     ]
     readable = readable_words(coefficients, tokens, captions) if captions else {}
+    if captions:
+        named = {str(n): image for n, image in enumerate(images)}
+        truths = {str(n): caption for n, caption in enumerate(captions)}
+        readable |= {
+            f"word_list_captions_{llm}": word_list_captions(folder, named, truths)["exact"]
+            for llm, folder in (("llm1", pretrained_b), ("llm2", transferred_b))
+        }
     return readable | {
         "shared_tokens": e1.shape[0],
         "llm1_width": e1.shape[1],
