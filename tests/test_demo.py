@@ -329,9 +329,11 @@ def test_the_study_caches_each_run_and_summarises_every_seed(demo, tmp_path, cap
     runs = json.loads((study / "seed-4" / "softmax-lr0.005" / "results.json").read_text())["runs"]
     assert runs["B"]["path"].endswith("sft/B-softmax-lr0.005")
     assert runs["D-langbridge"]["path"].endswith("sft/D-langbridge-softmax")
-    remedies = json.loads((study / "remedies.json").read_text())
+    remedies = json.loads((study / "remedies-seeds-4.json").read_text())
     assert set(remedies["variants"]) == {"none", "softmax", *REMEDIES}
     assert remedies["variants"]["none"]["4"]["validation"]["B"] == pytest.approx(
         summary["activations"]["none"]["per_seed"]["validation"]["4"]["B"]["of_a"]
     )
-    assert (study / "remedies.md").read_text().count("\n| ") == 1 + 2 + len(REMEDIES)  # header, a row per variant
+    assert (study / "remedies-seeds-4.md").read_text().count("\n| ") == 1 + 2 + len(
+        REMEDIES
+    )  # header, a row per variant

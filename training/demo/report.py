@@ -197,6 +197,15 @@ def alignment_note(alignment: dict, width: int, activation: str) -> str:
     )
 
 
+def default_activation_note(activation: str) -> str:
+    """Why the demo's default activation is the default, when the run used it."""
+    from .experiment import DEFAULT_ACTIVATION_REASON, DemoSettings
+
+    if activation != DemoSettings.coefficient_activation:
+        return ""
+    return f"\nThe default activation, because {DEFAULT_ACTIVATION_REASON}.\n"
+
+
 def coefficient_words(activation: str) -> str:
     return {
         "none": "raw logits (`--coefficients none`, as the official code)",
@@ -246,7 +255,7 @@ def write_report(out: Path, results: dict, experiment: dict, world: dict) -> Pat
     text = f"""# LangBridge demo: moving a pretrained adapter to another LLM, in miniature
 
 Seed {results["seed"]}{" (quick settings)" if results["quick"] else ""}; LangBridge coefficients: {coefficient_words(s["coefficient_activation"])}; {timing(results)}.
-Scores are accuracies on {questions} held-out test questions ({s["test_scenes"]} unseen scenes, six kinds), by greedy
+{default_activation_note(s["coefficient_activation"])}Scores are accuracies on {questions} held-out test questions ({s["test_scenes"]} unseen scenes, six kinds), by greedy
 generation, answers normalised as in VQA (one reference answer each, so VQA accuracy equals exact match).
 Every run used the same SFT data ({s["train_scenes"]} scenes, 3 questions each), steps ({s["sft_steps"]}),
 batch ({s["batch_size"]}) and learning rate ({s["sft_lr"]}) on LLM-2. Nothing was tuned on the test split.

@@ -137,9 +137,11 @@ def run_remedies(
             }
             for name, (a, o) in variants.items()
         }
-        (out / "remedies.json").write_text(json.dumps({"seeds": list(seeds), "variants": table}, indent=1))
-        (out / "remedies.md").write_text(remedies_markdown(table, seeds))
-        console.say(f"[study] remedies on seeds {', '.join(map(str, seeds))}: open {out / 'remedies.md'}")
+        # The validation seeds' table decides; a remedy run on other seeds (to report it) gets a table of its own.
+        stem = "remedies" if tuple(seeds) == VALIDATION_SEEDS else "remedies-seeds-" + "-".join(map(str, seeds))
+        (out / f"{stem}.json").write_text(json.dumps({"seeds": list(seeds), "variants": table}, indent=1))
+        (out / f"{stem}.md").write_text(remedies_markdown(table, seeds))
+        console.say(f"[study] remedies on seeds {', '.join(map(str, seeds))}: open {out / f'{stem}.md'}")
     finally:
         console.close()
     return out
@@ -193,7 +195,9 @@ def diagnosis(seed_dir: Path, variant: str, images: int = 60) -> dict:
     images, kept beside its results."""
     path = seed_dir / variant / "diagnosis.json"
     if path.exists():
-        return json.loads(path.read_text())
+        kept = json.loads(path.read_text())
+        if set(DIAGNOSED) <= set(kept):  # else made before a measure was added: measured again
+            return kept
     from PIL import Image
 
     from modeling_langbridge.analysis.alignment import read_captions
