@@ -197,11 +197,13 @@ def alignment_note(alignment: dict, width: int, activation: str) -> str:
     )
 
 
-def default_activation_note(activation: str) -> str:
-    """Why the demo's default activation is the default, when the run used it."""
+def default_activation_note(settings: dict) -> str:
+    """Why the demo's default activation is the default, when the run used it (and no remedy's stage-1 rate)."""
     from .experiment import DEFAULT_ACTIVATION_REASON, DemoSettings
 
-    if activation != DemoSettings.coefficient_activation:
+    if settings["coefficient_activation"] != DemoSettings.coefficient_activation or settings.get(
+        "langbridge_pretrain_lr"
+    ):
         return ""
     return f"\nThe default activation, because {DEFAULT_ACTIVATION_REASON}.\n"
 
@@ -255,7 +257,7 @@ def write_report(out: Path, results: dict, experiment: dict, world: dict) -> Pat
     text = f"""# LangBridge demo: moving a pretrained adapter to another LLM, in miniature
 
 Seed {results["seed"]}{" (quick settings)" if results["quick"] else ""}; LangBridge coefficients: {coefficient_words(s["coefficient_activation"])}; {timing(results)}.
-{default_activation_note(s["coefficient_activation"])}Scores are accuracies on {questions} held-out test questions ({s["test_scenes"]} unseen scenes, six kinds), by greedy
+{default_activation_note(s)}Scores are accuracies on {questions} held-out test questions ({s["test_scenes"]} unseen scenes, six kinds), by greedy
 generation, answers normalised as in VQA (one reference answer each, so VQA accuracy equals exact match).
 Every run used the same SFT data ({s["train_scenes"]} scenes, 3 questions each), steps ({s["sft_steps"]}),
 batch ({s["batch_size"]}) and learning rate ({s["sft_lr"]}) on LLM-2. Nothing was tuned on the test split.
