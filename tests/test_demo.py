@@ -59,6 +59,7 @@ def test_quick_demo_writes_a_complete_report_and_reuses_its_stages(demo, capsys)
     assert set(results["losses"]["pretrain"]) == {"A", "B", "C"} and len(results["losses"]["sft"]) == 5
 
     report = (out / "report.md").read_text()
+    assert "The default activation, because on the study's validation seeds" in report  # the demo's default: none
     for section in (
         "## Test accuracy (%)",
         "## The parts",
