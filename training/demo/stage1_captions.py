@@ -51,8 +51,9 @@ def caption_accuracy(
 def caption_records(
     model, processor, captions: dict, images: dict, batch_size: int = 64, max_new_tokens: int = 12, before_batch=None
 ) -> list[dict]:
-    """Greedy captions of `images` (name: path or PIL image) in stage 1's format, each checked against `captions` per attribute.
-    `before_batch(names)` is called before each batch is generated (for measures that steer the visual tokens)."""
+    """Greedy captions of `images` (name: path or PIL image) in stage 1's format, each checked against `captions`
+    per attribute. `before_batch(names)` is called before each batch is generated (for measures that steer the
+    visual tokens)."""
     names = list(images)
     records = []
     for start in range(0, len(names), batch_size):

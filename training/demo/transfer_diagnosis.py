@@ -68,8 +68,8 @@ def coefficient_statistics(coefficients: torch.Tensor, e1: torch.Tensor, e2: tor
         "negative_share": (c < 0).double().mean().item(),
         "invisible_share_of_c": (invisible.norm(dim=-1) / c.norm(dim=-1)).mean().item(),
         "invisible_share_on_llm2": (from_invisible.norm(dim=-1) / on_llm2.norm(dim=-1)).mean().item(),
-        # How large the visual tokens are against each LLM's own words (norm / RMS norm of its shared-token
-        # embeddings), and how much of that survives the move: 1 = as large on LLM-2 as on LLM-1.
+        # How large the visual tokens are against each LLM's own words (norm over the RMS norm of its shared-token
+        # embeddings): 1 = as large as a word, which is what a word-like token on either LLM would be.
         "token_scale_llm1": token_scale(c, e1),
         "token_scale_llm2": token_scale(c, e2),
     }
@@ -113,19 +113,13 @@ def scene_words(caption: str) -> list[str]:
     return [truth[attribute] if c == column else "none" for attribute in ("count", "colour", "shape") for c in range(3)]
 
 
-def word_list_captions(model_dir: str, images: dict, captions: dict) -> dict:
+def word_list_captions(model, processor, images: dict, captions: dict) -> dict:
     """The ideal transfer, measured: stage-1 captions when each visual token is exactly the embedding of the word its
     patch stands for in the scene table (what an adapter whose coefficients named the scene's words would give on
     any LLM that shares them). It says whether the LLM can caption from word tokens, apart from whether an adapter
-    learns them; the adapter's own projector is bypassed by a forward hook."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from modeling_langbridge.model.modeling_langbridge import hub_kernels_wanted
-
+    learns them; the adapter's own projector is bypassed by a forward hook, removed afterwards."""
     from .stage1_captions import caption_records, scored
 
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, use_kernels=hub_kernels_wanted()).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
     projector = model.model.multi_modal_projector
     with torch.no_grad():
         embeddings = projector.vocab_embeddings(model.get_input_embeddings())
@@ -157,6 +151,7 @@ def diagnose(pretrained_b: str, transferred_b: str, images: list, captions: list
     source = AutoModelForImageTextToText.from_pretrained(pretrained_b, use_kernels=hub_kernels_wanted()).eval()
     target = AutoModelForImageTextToText.from_pretrained(transferred_b, use_kernels=hub_kernels_wanted()).eval()
     processor = AutoProcessor.from_pretrained(pretrained_b)
+    target_processor = AutoProcessor.from_pretrained(transferred_b)  # LLM-2's tokenizer
     with torch.no_grad():
         e1 = source.model.multi_modal_projector.vocab_embeddings(source.get_input_embeddings()).float()
         e2 = target.model.multi_modal_projector.vocab_embeddings(target.get_input_embeddings()).float()
@@ -172,8 +167,8 @@ def diagnose(pretrained_b: str, transferred_b: str, images: list, captions: list
         named = {str(n): image for n, image in enumerate(images)}
         truths = {str(n): caption for n, caption in enumerate(captions)}
         readable |= {
-            f"word_list_captions_{llm}": word_list_captions(folder, named, truths)["exact"]
-            for llm, folder in (("llm1", pretrained_b), ("llm2", transferred_b))
+            f"word_list_captions_{llm}": word_list_captions(model, llm_processor, named, truths)["exact"]
+            for llm, model, llm_processor in (("llm1", source, processor), ("llm2", target, target_processor))
         }
     return readable | {
         "shared_tokens": e1.shape[0],
