@@ -117,10 +117,15 @@ def run_study(
 
 
 def run_remedies(
-    out: str | Path = "langbridge-study", remedies: dict = REMEDIES, seeds=VALIDATION_SEEDS, quick: bool = False
+    out: str | Path = "langbridge-study",
+    remedies: dict = REMEDIES,
+    seeds=VALIDATION_SEEDS,
+    quick: bool = False,
+    name: str = "remedies",
 ) -> Path:
-    """Run each remedy on `seeds` beside the plain activations and write remedies.md / remedies.json: the figures a
-    remedy is judged by (validation split) and the test split beside them."""
+    """Run each remedy on `seeds` beside the plain activations and write `name`.md / `name`.json: the figures a
+    remedy is judged by (validation split) and the test split beside them. Remedies that change more than
+    LangBridge's stage 1 (e.g. `{"text_steps": 8000}`: LLMs trained longer) run in seed folders of their own."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     console = Console(out / "study.log")
@@ -138,7 +143,7 @@ def run_remedies(
             for name, (a, o) in variants.items()
         }
         # The validation seeds' table decides; a remedy run on other seeds (to report it) gets a table of its own.
-        stem = "remedies" if tuple(seeds) == VALIDATION_SEEDS else "remedies-seeds-" + "-".join(map(str, seeds))
+        stem = name if tuple(seeds) == VALIDATION_SEEDS else f"{name}-seeds-" + "-".join(map(str, seeds))
         (out / f"{stem}.json").write_text(json.dumps({"seeds": list(seeds), "variants": table}, indent=1))
         (out / f"{stem}.md").write_text(remedies_markdown(table, seeds))
         console.say(f"[study] remedies on seeds {', '.join(map(str, seeds))}: open {out / f'{stem}.md'}")
