@@ -57,6 +57,8 @@ def test_quick_demo_writes_a_complete_report_and_reuses_its_stages(demo, capsys)
         results["settings"]["shared_vocab_size"], results["vocabulary"]["shared_and_seen"]
     )
     assert set(results["losses"]["pretrain"]) == {"A", "B", "C"} and len(results["losses"]["sft"]) == 5
+    markers = list(out.rglob(".done.json"))
+    assert len(markers) == 26 and not [m for m in markers if str(out) in m.read_text()]  # a moved folder resumes
 
     report = (out / "report.md").read_text()
     assert "The default activation, because on the study's validation seeds" in report  # the demo's default: none

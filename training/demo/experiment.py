@@ -152,9 +152,24 @@ def run_stage(s: DemoSettings, run: str, kind: str, depends_on: tuple[str, ...])
     return f"{kind}/{run}-{langbridge_label(s)}", depends_on + LANGBRIDGE
 
 
+OUT = "<out>"  # how `.done.json` writes the demo folder in the paths a stage returns
+
+
+def _paths_under(value, old: str, new: str):
+    """`value` (a stage's result: dicts, lists, strings) with the prefix `old` of its path strings made `new`."""
+    if isinstance(value, dict):
+        return {key: _paths_under(item, old, new) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_paths_under(item, old, new) for item in value]
+    if isinstance(value, str) and (value == old or value.startswith(old + "/")):
+        return new + value[len(old) :]
+    return value
+
+
 class Stages:
     """Runs each stage once: a finished stage leaves `.done.json` (its settings, results and the seconds it took) and
-    is reused, its time kept as measured. Each stage is one console line; what it prints goes to the log."""
+    is reused, its time kept as measured. Paths into the demo folder are kept relative to it, so a moved or renamed
+    folder resumes from where it is now. Each stage is one console line; what it prints goes to the log."""
 
     def __init__(self, out: Path, settings: DemoSettings, console: Console):
         self.out, self.settings, self.console = out, settings, console
@@ -176,7 +191,7 @@ class Stages:
                 self.cached.append(name)
                 when = f"{seconds:.0f} s when it ran" if seconds is not None else "time not recorded"
                 self.console.say(f"[demo] {name:<27} cached ({when})")
-                return done["result"]
+                return _paths_under(done["result"], OUT, str(self.out))
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         start = time.time()
@@ -189,7 +204,8 @@ class Stages:
             )
             raise
         seconds = self.timings[name] = round(time.time() - start, 1)
-        marker.write_text(json.dumps({"fingerprint": fingerprint, "result": result, "seconds": seconds}, indent=1))
+        kept = _paths_under(_paths_under(result, str(self.out.resolve()), OUT), str(self.out), OUT)
+        marker.write_text(json.dumps({"fingerprint": fingerprint, "result": kept, "seconds": seconds}, indent=1))
         self.console.say(f"[demo] {name:<27} {seconds:5.0f} s")
         return result
 
@@ -467,7 +483,7 @@ def run_experiment(stages: Stages, s: DemoSettings, world: dict, composed: dict,
         )
 
     def move_to_llm2(folder):
-        moved = transfer(Path(pretrained["B"]["path"]) / "adapter", llm2["path"], composed_vision(composed))
+        moved = transfer(Path(pretrained["B"]["path"]) / "adapter", llm2["path"], str(stages.out / "vision"))
         shutil.rmtree(folder)
         moved.save(folder)
         return {"path": str(folder), "coverage": moved.mapping.coverage, "composed": len(moved.mapping.composed)}
@@ -489,12 +505,6 @@ def run_experiment(stages: Stages, s: DemoSettings, world: dict, composed: dict,
         for run, start in starts.items()
     }
     return {"pretrained": pretrained, "transferred": transferred, "finetuned": finetuned}
-
-
-def composed_vision(composed: dict) -> str:
-    from transformers import AutoConfig
-
-    return AutoConfig.from_pretrained(composed["langbridge-llm2"]).vision_model_name_or_path
 
 
 def score(stages: Stages, s: DemoSettings, world: dict, finetuned: dict) -> dict:
