@@ -56,7 +56,7 @@ def test_full_sft_in_bf16_moves_every_llm_weight_and_saves_bf16(world_model_dir,
 
     fraction, count = fraction_moved(initial, model, LLM_PROJECTION.search)
     print(f"bf16 full SFT, lr 2e-5, 4 steps: {fraction:.1%} of {count} LLM projection weights moved")
-    assert count > 0 and fraction > 0.97, fraction  # bf16 weights updated in place: ~30% (the rest rounds away)
+    assert count > 0 and fraction > 0.97, fraction  # bf16 weights updated in place: 16% (the rest rounds away)
     parameters = dict(model.named_parameters())
     assert {n for n, p in parameters.items() if p.requires_grad and p.dtype != torch.float32} == set()  # master weights
     assert all(
