@@ -66,5 +66,10 @@ def test_compose_flags_state_the_defaults_of_compose_itself():
         "dtype",
     } <= set(stated)
     for name, value in stated.items():
-        stated_by_words = ("vocab", "vision_feature_select_strategy", "image_grid_pinpoints")  # "from the tower", ...
+        stated_by_words = (
+            "vocab",
+            "vision_feature_select_strategy",
+            "image_grid_pinpoints",
+            "use_kernels",
+        )  # "from the tower", ...
         assert str(value) == str(defaults[name]) or name in stated_by_words, name

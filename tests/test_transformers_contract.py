@@ -171,6 +171,41 @@ def test_an_explicit_kernels_setting_reaches_every_load(qwen_clip_dir, parts, tm
     assert ("LangBridgeForConditionalGeneration", True) in kernel_requests
 
 
+@pytest.mark.parametrize("switch", ["--use-kernels", "--no-use-kernels"])
+def test_every_command_that_loads_a_model_takes_an_explicit_kernels_switch(
+    switch, qwen_clip_dir, parts, tmp_path, kernel_requests, monkeypatch, capsys
+):
+    """compose, transfer, interpret, eval and alignment pass `--use-kernels` / `--no-use-kernels` to every load.
+    Each switch is tried where the default would be the other: offline (no kernels) and reachable (kernels)."""
+    import json
+
+    from modeling_langbridge.cli import main
+    from modeling_langbridge.model import modeling_langbridge
+
+    wanted = switch == "--use-kernels"
+    if not wanted:  # the Hub reachable: the default would ask for kernels
+        monkeypatch.setattr(modeling_langbridge.huggingface_hub, "is_offline_mode", lambda: False)
+    random_shapes_image(seed=3).save(tmp_path / "shapes.png")
+    question = {"image": "shapes.png", "question": "What colour?", "answers": ["red"]}
+    (tmp_path / "q.jsonl").write_text(json.dumps(question) + "\n")
+    assert main(["export-adapter", "--model", str(qwen_clip_dir), "--out", str(tmp_path / "adapter")]) == 0
+    parts_of = ["--vision-model", str(parts["clip"]), "--language-model", str(parts["qwen2"])]
+    commands = {
+        "compose": ["compose", *parts_of, "--out", str(tmp_path / "c"), "--shared-vocab-size", "32"],
+        "transfer": ["transfer", "--adapter", str(tmp_path / "adapter"), *parts_of, "--out", str(tmp_path / "t")],
+        "interpret": ["interpret", str(tmp_path / "shapes.png"), "--model", str(qwen_clip_dir)]
+        + ["--out", str(tmp_path / "o.png")],
+        "eval": ["eval", "--model", str(qwen_clip_dir), "--data", str(tmp_path / "q.jsonl")]
+        + ["--out", str(tmp_path / "e"), "--max-new-tokens", "2"],
+        "alignment": ["alignment", "--checkpoints", str(qwen_clip_dir), str(tmp_path / "t")]
+        + ["--images", str(tmp_path / "shapes.png"), "--out", str(tmp_path / "a.png")],
+    }
+    for name, arguments in commands.items():
+        kernel_requests.clear()
+        assert main([*arguments, switch]) == 0, (name, capsys.readouterr().err)
+        assert kernel_requests and {asked for _, asked in kernel_requests} == {wanted}, (name, kernel_requests)
+
+
 # ---------------------------------------------------------------- what vLLM's Transformers backend asks
 
 

@@ -171,16 +171,23 @@ def read_captions(path: str | Path) -> dict[str, str]:
 
 
 def alignment_curve(
-    checkpoints: list[str | Path], images: list[Image.Image], captions: list[str] | None = None, progress: bool = True
+    checkpoints: list[str | Path],
+    images: list[Image.Image],
+    captions: list[str] | None = None,
+    progress: bool = True,
+    use_kernels: bool | None = None,
 ) -> list[AlignmentPoint]:
-    """`measure` at each checkpoint (model folders loadable with AutoModelForImageTextToText)."""
+    """`measure` at each checkpoint (model folders loadable with AutoModelForImageTextToText); `use_kernels`: Hub
+    kernels for them (default: only when the Hub may be reached)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from ..model.modeling_langbridge import hub_kernels_wanted
 
     points = []
     for checkpoint in tqdm(checkpoints, desc="Checkpoints", disable=not progress):
-        model = AutoModelForImageTextToText.from_pretrained(checkpoint, use_kernels=hub_kernels_wanted()).eval()
+        model = AutoModelForImageTextToText.from_pretrained(
+            checkpoint, use_kernels=hub_kernels_wanted(use_kernels)
+        ).eval()
         processor = AutoProcessor.from_pretrained(checkpoint)
         points.append(measure(model, processor, images, captions, str(checkpoint), checkpoint_step(Path(checkpoint))))
     return points

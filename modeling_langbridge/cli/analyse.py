@@ -3,10 +3,10 @@
 from pathlib import Path
 
 from ..model.processing_langbridge import open_image
-from .common import command, positive_int
+from .common import add_kernels_option, command, positive_int
 
 
-def load_for_analysis(model_dir):
+def load_for_analysis(model_dir, use_kernels: bool | None = None):
     """A model folder (ours through the registered Auto classes, or any LLaVA-style VLM) in eval mode; weights that
     are damaged, or pickles holding more than tensors, are refused with the folder's name."""
     import pickle
@@ -23,7 +23,9 @@ def load_for_analysis(model_dir):
             f"{model_dir} is not a model folder (no config.json); give the folder a model was saved to."
         )
     try:
-        model = AutoModelForImageTextToText.from_pretrained(model_dir, use_kernels=hub_kernels_wanted()).eval()
+        model = AutoModelForImageTextToText.from_pretrained(
+            model_dir, use_kernels=hub_kernels_wanted(use_kernels)
+        ).eval()
     except SafetensorError as error:
         raise damaged_safetensors_error(", ".join(map(str, checkpoint_files(Path(model_dir)))), error) from None
     except pickle.UnpicklingError:
@@ -48,7 +50,7 @@ def interpret_command(args) -> int:
     if args.json is not None and same_file(args.out, args.json):
         raise ValueError(f"--out and --json are the same file {args.out}; give each its own name.")
     image = open_image(args.image)
-    model, processor = load_for_analysis(args.model)
+    model, processor = load_for_analysis(args.model, args.use_kernels)
     method = args.method or ("coefficients" if model.config.model_type == "langbridge" else "nearest")
     if method == "coefficients":
         reading = read_patches(model, processor, image, top_k=args.top_k)
@@ -84,7 +86,7 @@ def eval_command(args) -> int:
     records = read_questions(args.data)
     image_folder = args.image_folder or args.data.parent
     check_images(records, image_folder, given=args.image_folder is not None)  # before loading the model
-    model, processor = load_for_analysis(args.model)
+    model, processor = load_for_analysis(args.model, args.use_kernels)
     result = evaluate(
         model,
         processor,
@@ -133,7 +135,7 @@ def alignment_command(args) -> int:
         if missing:
             raise ValueError(f"{args.captions} has no caption for {len(missing)} image(s), e.g. {missing[0]}")
         captions = [by_name[p.name] for p in image_paths]
-    points = alignment_curve(checkpoints, [open_image(p) for p in image_paths], captions)
+    points = alignment_curve(checkpoints, [open_image(p) for p in image_paths], captions, use_kernels=args.use_kernels)
     for point in points:
         grounded = f", grounded {100 * point.grounded_share:.1f}%" if point.grounded_share is not None else ""
         print(f"{point.checkpoint}: step {point.step}, mean top-1 cosine {point.mean_top1_cosine:.3f}{grounded}")
@@ -161,6 +163,7 @@ def add_commands(commands) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="overlay PNG")
     p.add_argument("--json", type=Path, help="also write tokens, weights and the patch grid as JSON")
+    add_kernels_option(p)
     command(p, interpret_command, existing=(("image", "image file"), ("model", "model folder")))
 
     p = commands.add_parser("eval", help="VQA accuracy and exact match by generation, per category")
@@ -176,6 +179,7 @@ def add_commands(commands) -> None:
     )
     p.add_argument("--out", type=Path, help="prefix for predictions.jsonl / scores.json (default: beside --data)")
     p.add_argument("--overwrite", action="store_true", help="replace existing predictions and scores files")
+    add_kernels_option(p)
     command(
         p,
         eval_command,
@@ -198,6 +202,7 @@ def add_commands(commands) -> None:
     )
     p.add_argument("--max-images", type=positive_int, default=32, help="use at most this many images")
     p.add_argument("--out", required=True, type=Path, help="plot PNG (the figures go beside it as .json)")
+    add_kernels_option(p)
     command(
         p,
         alignment_command,

@@ -3,7 +3,7 @@
 import inspect
 from pathlib import Path
 
-from .common import command, positive_int, print_notes, share
+from .common import add_kernels_option, command, positive_int, print_notes, share
 
 EXISTING_VOCAB = (("vocab", "shared-vocabulary file"),)
 
@@ -56,6 +56,7 @@ def compose_command(args) -> int:
         dtype=args.dtype,
         min_coverage=args.min_coverage,
         force=args.force,
+        use_kernels=args.use_kernels,
         **settings,
     )
     if args.config:
@@ -78,6 +79,7 @@ def transfer_command(args) -> int:
         min_coverage=args.min_coverage,
         force=args.force,
         dtype=args.dtype,
+        use_kernels=args.use_kernels,
     )
     print(composed.mapping.report())
     print_notes(composed)
@@ -240,6 +242,7 @@ def add_commands(commands) -> None:
         + default("patch_merge_type"),
     )
     add_transfer_safety(p, defaults)
+    add_kernels_option(p)
     command(
         p,
         compose_command,
@@ -253,6 +256,7 @@ def add_commands(commands) -> None:
     p.add_argument("--vision-model", help="vision model (default: the one the adapter records)")
     p.add_argument("--out", required=True, type=Path, help="folder to save the new model in")
     add_transfer_safety(p, defaults)
+    add_kernels_option(p)
     command(p, transfer_command, existing=(("adapter", "adapter folder"),), sources=("language_model", "vision_model"))
 
     p = commands.add_parser("export-adapter", help="save the projector of a model folder as a portable adapter")

@@ -47,6 +47,18 @@ def share(text: str) -> float:
     return value
 
 
+def add_kernels_option(parser) -> None:
+    """The explicit Hub-kernels switch of every command that loads a model (transformers >= 5.25 asks for Hub
+    kernels on CUDA by default, which fails offline without a cache)."""
+    parser.add_argument(
+        "--use-kernels",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="transformers' Hub kernels for the models loaded (default: only when the Hub may be reached, so never "
+        "with HF_HUB_OFFLINE=1; USE_HUB_KERNELS=0 turns them off in any case)",
+    )
+
+
 def command(parser, run, existing: tuple = (), sources: tuple = ()) -> None:
     """Bind a subcommand to its function, with the path arguments that must exist when given ((attribute, what it
     is) pairs) and those that are a local path or a Hub id."""
