@@ -28,6 +28,13 @@ class LangBridgeArguments:
     train_vision_tower: bool = field(default=False, metadata={"help": "SFT: unfreeze the vision tower (LLaVA-NeXT)."})
     vision_tower_lr: float | None = field(default=None, metadata={"help": "Learning rate of the vision tower."})
     projector_lr: float | None = field(default=None, metadata={"help": "Learning rate of the projector."})
+    caption_word_loss: float = field(
+        default=0.0,
+        metadata={
+            "help": "Stage 1, LangBridge: weight of an added loss asking each image's mean coefficients to name its "
+            "caption's shared-vocabulary words (training/caption_words.py). 0: off, the paper's stage 1."
+        },
+    )
     use_kernels: bool | None = field(
         default=None,
         metadata={

@@ -23,6 +23,8 @@ from .trainer import LangBridgeTrainer
 
 
 def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args: ModelConfig, callbacks=None):
+    if script_args.caption_word_loss < 0:  # before any work
+        raise ValueError(f"caption_word_loss is {script_args.caption_word_loss}; give 0 (off) or a positive weight.")
     check_output_dir(model_args.model_name_or_path, training_args.output_dir)
     check_adapter_dir(Path(training_args.output_dir) / "adapter")
     resume = resume_argument(training_args.resume_from_checkpoint, training_args.output_dir)
@@ -59,6 +61,7 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
         data_report=report,
         image_loader=image_loader,
         callbacks=callbacks,
+        caption_word_loss=caption_word_loss_for(script_args, model),
     )
     trainer.train(resume_from_checkpoint=resume)
     trainer.report_data()
@@ -72,6 +75,15 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
         adapter = LangBridgeAdapter.from_model(trainer.model, processor.tokenizer)
         save_adapter(adapter, Path(training_args.output_dir) / "adapter")  # replaces only an adapter a run wrote
     return trainer
+
+
+def caption_word_loss_for(script_args: LangBridgeArguments, model) -> float:
+    if script_args.caption_word_loss and model.config.model_type != "langbridge":
+        raise ValueError(
+            f"caption_word_loss is for LangBridge models (coefficients over a shared vocabulary); this is a "
+            f"{model.config.model_type!r} model. Set caption_word_loss: 0."
+        )
+    return script_args.caption_word_loss
 
 
 if __name__ == "__main__":

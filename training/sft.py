@@ -24,6 +24,10 @@ from .trainer import LangBridgeTrainer, peft_reads_old_checkpointing_name
 
 
 def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args: ModelConfig, callbacks=None):
+    if script_args.caption_word_loss:
+        raise ValueError(
+            "caption_word_loss is a stage-1 setting (langbridge train pretrain); remove it from the SFT recipe."
+        )
     check_output_dir(model_args.model_name_or_path, training_args.output_dir)
     resume = resume_argument(training_args.resume_from_checkpoint, training_args.output_dir)
 

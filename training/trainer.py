@@ -10,6 +10,7 @@ import torch
 from transformers import Trainer
 from trl import SFTTrainer
 
+from .caption_words import CaptionWordLoss
 from .data import DataReport
 
 
@@ -21,6 +22,7 @@ class LangBridgeTrainer(SFTTrainer):
         vision_tower_lr: float | None = None,
         data_report: DataReport | None = None,
         image_loader=None,
+        caption_word_loss: float = 0.0,
         **kwargs,
     ):
         self.projector_lr = projector_lr
@@ -33,7 +35,31 @@ class LangBridgeTrainer(SFTTrainer):
         with peft_reads_old_checkpointing_name():
             super().__init__(*args, **kwargs)
         self.keep_float32_master_weights()
+        self.caption_word_loss = caption_word_loss
+        self.caption_words = CaptionWordLoss(self.accelerator.unwrap_model(self.model)) if caption_word_loss else None
         self.tokenizer_state = tokenizer_call_state(self.processing_class)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """TRL's loss, plus `caption_word_loss` x the caption-word loss (`caption_words.py`) when asked."""
+        if self.caption_words is None or return_outputs or not model.training:  # a training step's loss only
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        labels = inputs["labels"]
+        with self.caption_words.capture():
+            loss = super().compute_loss(model, inputs, False, num_items_in_batch)
+        words = self.caption_words(labels)
+        if words is None:
+            return loss
+        self._metrics["train"]["caption_word_loss"].append(words.item())
+        if self.loss_scaled_over_accumulation(num_items_in_batch):  # as the caption loss is, so is this one
+            words = words / getattr(self, "current_gradient_accumulation_steps", 1)
+        return loss + self.caption_word_loss * words
+
+    def loss_scaled_over_accumulation(self, num_items_in_batch) -> bool:
+        """Whether the Trainer leaves the loss undivided by the accumulation steps (it was normalised by the
+        tokens of the whole accumulated batch), transformers' own test."""
+        if getattr(self, "loss_is_scaled_for_ga", None) is not None:
+            return self.loss_is_scaled_for_ga
+        return (self.model_accepts_loss_kwargs and num_items_in_batch is not None) or self.compute_loss_func is not None
 
     def keep_float32_master_weights(self) -> None:
         """Trainable parameters in float32, the frozen ones as loaded; the final save casts back to the load dtype.

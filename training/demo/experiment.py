@@ -90,6 +90,9 @@ class DemoSettings:
     # Stage 1's learning rate for the LangBridge runs (B, C) when it differs from pretrain_lr (None: the same). One
     # of the study's remedies: softmax coefficients learn slowly at pretrain_lr. Its runs get their own stage names.
     langbridge_pretrain_lr: float | None = None
+    # Another remedy: the weight of stage 1's caption-word loss for the LangBridge runs (training/caption_words.py;
+    # 0: off, the paper's stage 1). Its runs get their own stage names too.
+    caption_word_loss: float = 0.0
 
     @classmethod
     def quick(cls, seed: int = 0, coefficient_activation: str = "none") -> "DemoSettings":
@@ -110,10 +113,17 @@ class DemoSettings:
             llm2_layers=2,
         )
 
+    def recorded(self) -> dict:
+        """The settings as caches and reports keep them. Settings added after a release are left out while at
+        their default, so folders made before them stay valid (their stages are not redone)."""
+        return {k: v for k, v in asdict(self).items() if k not in OMITTED_AT_DEFAULT or v != OMITTED_AT_DEFAULT[k]}
+
     def fingerprint(self, *names: str) -> str:
-        chosen = {k: v for k, v in asdict(self).items() if not names or k in names}
+        chosen = {k: v for k, v in self.recorded().items() if not names or k in names}
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
 
+
+OMITTED_AT_DEFAULT = {"caption_word_loss": 0.0}  # see DemoSettings.recorded
 
 # What each stage's result depends on: a stage is redone when one of these settings changes.
 WORLD = ("seed", "image_size", "train_scenes", "validation_scenes", "test_scenes")
@@ -134,13 +144,14 @@ COMPOSED = VISION + VOCABULARY + ("projector_hidden",)
 PRETRAIN = WORLD + COMPOSED + ("pretrain_steps", "pretrain_lr", "pretrain_checkpoints", "batch_size")
 SFT = PRETRAIN + ("sft_steps", "sft_lr")
 # Added to a stage's dependencies when it trains or reads a LangBridge connector.
-LANGBRIDGE = ("coefficient_activation", "langbridge_pretrain_lr")
+LANGBRIDGE = ("coefficient_activation", "langbridge_pretrain_lr", "caption_word_loss")
 
 
 def langbridge_label(s: DemoSettings) -> str:
     """What tells LangBridge runs apart in stage names and report folders: the activation, and a remedy's rate."""
     rate = f"-lr{s.langbridge_pretrain_lr:g}" if s.langbridge_pretrain_lr is not None else ""
-    return f"{s.coefficient_activation}{rate}"
+    words = f"-words{s.caption_word_loss:g}" if s.caption_word_loss else ""
+    return f"{s.coefficient_activation}{rate}{words}"
 
 
 def run_stage(s: DemoSettings, run: str, kind: str, depends_on: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
@@ -407,7 +418,14 @@ def build_connectors(stages: Stages, s: DemoSettings, vision: Path, llm1: dict, 
 
 
 def train(
-    recipe_name: str, model_dir: str, data: dict, out: Path, s: DemoSettings, on_step=None, langbridge_lr=None
+    recipe_name: str,
+    model_dir: str,
+    data: dict,
+    out: Path,
+    s: DemoSettings,
+    on_step=None,
+    langbridge_lr=None,
+    caption_word_loss: float = 0.0,
 ) -> dict:
     """One run of a project recipe with the demo's settings; returns its losses. The Trainer prints its log (a loss
     dict per `logging_steps`) instead of a progress bar; `on_step` is called after every step."""
@@ -426,7 +444,9 @@ def train(
         else {"save_strategy": "no"}
     )
     script_args = LangBridgeArguments(
-        dataset=data["captions" if stage1 else "conversations"], image_folder=data["images"]
+        dataset=data["captions" if stage1 else "conversations"],
+        image_folder=data["images"],
+        caption_word_loss=caption_word_loss,
     )
     training_args = SFTConfig(
         output_dir=str(out),
@@ -479,6 +499,7 @@ def run_experiment(stages: Stages, s: DemoSettings, world: dict, composed: dict,
                 s,
                 stages.advance,
                 langbridge_lr=s.langbridge_pretrain_lr if RUNS[run][0] == "langbridge" else None,
+                caption_word_loss=s.caption_word_loss if RUNS[run][0] == "langbridge" else 0.0,
             ),
         )
 
@@ -641,9 +662,9 @@ def main(
         f"{console.log_path})"
     )
     previous = out / "settings.json"
-    if previous.exists() and json.loads(previous.read_text()) != asdict(settings):
+    if previous.exists() and json.loads(previous.read_text()) != settings.recorded():
         console.say(f"[demo] {out} holds a run with other settings: its stages are redone where they differ")
-    previous.write_text(json.dumps(asdict(settings), indent=1))
+    previous.write_text(json.dumps(settings.recorded(), indent=1))
     start = time.time()
     stages = Stages(out, settings, console)
     try:
@@ -659,7 +680,7 @@ def main(
 
         measured = [t for t in stages.timings.values() if t is not None]
         results = {
-            "settings": asdict(settings),
+            "settings": settings.recorded(),
             "seed": seed,
             "quick": quick,
             "coefficient_activation": coefficient_activation,

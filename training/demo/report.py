@@ -198,12 +198,11 @@ def alignment_note(alignment: dict, width: int, activation: str) -> str:
 
 
 def default_activation_note(settings: dict) -> str:
-    """Why the demo's default activation is the default, when the run used it (and no remedy's stage-1 rate)."""
+    """Why the demo's default activation is the default, when the run used it (and no stage-1 remedy)."""
     from .experiment import DEFAULT_ACTIVATION_REASON, DemoSettings
 
-    if settings["coefficient_activation"] != DemoSettings.coefficient_activation or settings.get(
-        "langbridge_pretrain_lr"
-    ):
+    remedy = settings.get("langbridge_pretrain_lr") or settings.get("caption_word_loss")
+    if settings["coefficient_activation"] != DemoSettings.coefficient_activation or remedy:
         return ""
     return f"\nThe default activation, because {DEFAULT_ACTIVATION_REASON}.\n"
 

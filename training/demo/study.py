@@ -8,7 +8,7 @@ mean, minimum and spread per run, a plot with one point per seed, and the table 
 
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from .console import Console
@@ -58,7 +58,7 @@ def finished(report_dir: Path, settings) -> dict | None:
     if not path.exists():
         return None
     results = json.loads(path.read_text())
-    return results if results.get("settings") == asdict(settings) else None
+    return results if results.get("settings") == settings.recorded() else None
 
 
 def run_variants(out: Path, plan: list[tuple[int, str, dict]], quick: bool, console: Console) -> dict:

@@ -1,0 +1,58 @@
+"""An optional stage-1 loss that asks each image's coefficients to name its caption's words.
+
+The demo's transfer study measured why a LangBridge adapter pretrained on one LLM does not caption on another
+before SFT: with visual tokens that are exactly the scene's words, the other LLM captions; the trained coefficients
+do not name those words. This loss is the remedy the study tried: for each image, the mean of its visual tokens'
+coefficients over the patches, read as a distribution over the shared vocabulary, should give its caption's words
+(those in the shared vocabulary) a high probability. Off by default (the paper trains stage 1 on captions alone).
+"""
+
+from contextlib import contextmanager
+
+import torch
+
+
+class CaptionWordLoss:
+    """Scores the coefficients of the images a forward pass projected (`capture`) against the labels' words."""
+
+    def __init__(self, model):
+        self.projector = model.model.multi_modal_projector
+        self.features = []
+        token_ids = self.projector.vocab_token_ids
+        self.row_of_token = torch.full((int(token_ids.max()) + 1,), -1, dtype=torch.long, device=token_ids.device)
+        self.row_of_token[token_ids] = torch.arange(len(token_ids), device=token_ids.device)
+
+    @contextmanager
+    def capture(self):
+        """Keep the projector's input (the images' features) of the forward passes run inside."""
+        self.features = []
+        handle = self.projector.register_forward_pre_hook(lambda module, args: self.features.append(args[0]))
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    def __call__(self, labels: torch.Tensor) -> torch.Tensor | None:
+        """The loss of the forward pass just run (`labels` [B, L], one image per sample); None without words."""
+        features, self.features = self.features, []
+        if not features:
+            return None
+        features = torch.cat([f.reshape(-1, *f.shape[-2:]) for f in features])  # [images, patches, Dv]
+        if features.shape[0] != labels.shape[0]:
+            raise ValueError(
+                f"caption_word_loss needs one image per sample (stage-1 captions); this batch has "
+                f"{features.shape[0]} images for {labels.shape[0]} samples. Set caption_word_loss: 0 for this data."
+            )
+        coefficients = self.projector.coefficients(features).float()  # [images, patches, T]
+        if self.projector.coefficient_activation == "softmax":
+            log_probabilities = coefficients.mean(dim=1).clamp_min(1e-12).log()
+        else:  # raw logits: their mean over the patches, read as logits
+            log_probabilities = coefficients.mean(dim=1).log_softmax(dim=-1)
+        losses = []
+        for sample, sample_labels in enumerate(labels):
+            ids = sample_labels[(sample_labels >= 0) & (sample_labels < len(self.row_of_token))]
+            rows = self.row_of_token.to(ids.device)[ids].unique()
+            rows = rows[rows >= 0]
+            if len(rows):
+                losses.append(-log_probabilities[sample, rows.to(log_probabilities.device)].mean())
+        return torch.stack(losses).mean() if losses else None
