@@ -631,6 +631,8 @@ def cli_cases(parts, qwen_clip_dir, images, tmp_path):
         ("train", ["sft", "--config", into_model]),
         ("train", ["sft", "--config", recipe, "--max_steps", "many"]),
         ("demo", ["--seed", "one"]),
+        ("demo", ["--caption-word-loss", "-1"]),
+        ("demo", ["--study", "--caption-word-loss", "0.1"]),
         ("interpret", [images / "damaged.png", "--model", qwen_clip_dir, "--out", tmp_path / "o.png"]),
         ("interpret", [images / "ok.png", "--model", torn, "--out", tmp_path / "o.png"]),
         ("interpret", [images / "ok.png", "--model", pickled, "--out", tmp_path / "o.png"]),

@@ -4,7 +4,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .common import Parser, command, print_notes
+from .common import Parser, command, non_negative, print_notes
 
 
 def train_command(args) -> int:
@@ -23,6 +23,10 @@ def train_command(args) -> int:
 
 
 def demo_command(args) -> int:
+    if args.caption_word_loss and (args.study or args.remedies):
+        raise ValueError(
+            "--caption-word-loss is for a single run; --remedies runs it beside the other remedies, --study without it"
+        )
     if args.remedies:
         from langbridge_training.demo.study import VALIDATION_SEEDS, run_remedies
 
@@ -40,6 +44,7 @@ def demo_command(args) -> int:
         quick=args.quick,
         seed=args.seed,
         coefficient_activation=args.coefficient_activation,
+        overrides={"caption_word_loss": args.caption_word_loss} if args.caption_word_loss else None,
     )
     return 0
 
@@ -124,6 +129,14 @@ def add_commands(commands) -> None:
         choices=ACTIVATIONS,
         default=DemoSettings.coefficient_activation,
         help="LangBridge's coefficients: none (raw logits, the official code) or softmax (the paper)",
+    )
+    p.add_argument(
+        "--caption-word-loss",
+        type=non_negative,
+        default=DemoSettings.caption_word_loss,
+        metavar="WEIGHT",
+        help="the study's best remedy: LangBridge's stage 1 also asks each image's coefficients to name its "
+        "caption's words, at this weight (0.1 in the study; 0: the paper's stage 1)",
     )
     p.add_argument(
         "--study",

@@ -22,12 +22,14 @@ DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 VALIDATION_SEEDS = (0, 1, 2)
 # Candidate remedies for a failed transfer: a name, the activation, and the DemoSettings fields they change. Softmax
 # coefficients learn slowly at the demo's stage-1 rate (its B captions little even on LLM-1), so the candidates give
-# the LangBridge stage 1 a larger rate.
+# the LangBridge stage 1 a larger rate; the last asks the coefficients to name the captions' words
+# (training/caption_words.py), as the diagnosis found they do not.
 REMEDIES = {
     "softmax, stage-1 lr 5e-3": ("softmax", {"langbridge_pretrain_lr": 5e-3}),
     "softmax, stage-1 lr 2e-2": ("softmax", {"langbridge_pretrain_lr": 2e-2}),
     "softmax, stage-1 lr 5e-2": ("softmax", {"langbridge_pretrain_lr": 5e-2}),
     "none, stage-1 lr 5e-3": ("none", {"langbridge_pretrain_lr": 5e-3}),
+    "none, caption-word loss 0.1": ("none", {"caption_word_loss": 0.1}),
 }
 
 
