@@ -178,6 +178,12 @@ def _paths_under(value, old: str, new: str):
     return value
 
 
+def finished_result(out: Path, name: str):
+    """The result a finished stage of the demo folder `out` recorded, its paths in `out` as it is now."""
+    done = json.loads((Path(out) / name / ".done.json").read_text())
+    return _paths_under(done["result"], OUT, str(out))
+
+
 class Stages:
     """Runs each stage once: a finished stage leaves `.done.json` (its settings, results and the seconds it took) and
     is reused, its time kept as measured. Paths into the demo folder are kept relative to it, so a moved or renamed
@@ -203,7 +209,7 @@ class Stages:
                 self.cached.append(name)
                 when = f"{seconds:.0f} s when it ran" if seconds is not None else "time not recorded"
                 self.console.say(f"[demo] {name:<27} cached ({when})")
-                return _paths_under(done["result"], OUT, str(self.out))
+                return finished_result(self.out, name)
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         start = time.time()

@@ -209,9 +209,10 @@ def diagnosis(seed_dir: Path, variant: str, images: int = 60) -> dict:
 
     from modeling_langbridge.analysis.alignment import read_captions
 
+    from .experiment import finished_result
     from .transfer_diagnosis import diagnose
 
-    validation = json.loads((seed_dir / "world" / ".done.json").read_text())["result"]["validation"]
+    validation = finished_result(seed_dir, "world")["validation"]
     captions = read_captions(validation["captions"])
     names = sorted(captions)[:images]
     pictures = [Image.open(Path(validation["images"]) / name).convert("RGB") for name in names]
