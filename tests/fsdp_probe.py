@@ -49,6 +49,7 @@ def cpu_fsdp() -> None:
 
 
 def train() -> None:
+    import torch.distributed as dist
     from torch.distributed.tensor import DTensor
     from transformers import TrainerCallback
     from trl import ModelConfig, SFTConfig, TrlParser
@@ -82,6 +83,9 @@ def train() -> None:
     cpu_fsdp()
     arguments = TrlParser((LangBridgeArguments, SFTConfig, ModelConfig)).parse_args_and_config()
     sft.main(*arguments, callbacks=[Shards()])
+    if dist.is_initialized():  # as in visual_tokens: no rank tears gloo down with work in flight, none exits without
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def visual_tokens(model_dir: str, out: str) -> None:
@@ -112,6 +116,10 @@ def visual_tokens(model_dir: str, out: str) -> None:
         model(**image_inputs(model_dir))
     if dist.get_rank() == 0:
         torch.save({"visual_tokens": captured[0], "embedding_local_rows": embed.weight.to_local().shape[0]}, out)
+    # Both ranks past every collective before either tears gloo down: a rank that destroyed its group while the
+    # other still had FSDP's all-gathers in flight aborted once in CI ("terminate called without an active
+    # exception", SIGABRT on rank 1 with no Python traceback).
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -95,7 +95,7 @@ def test_visual_tokens_under_fsdp_equal_the_unsharded_models(llama_siglip_dir, t
             str(tmp_path / "tokens.pt"),
         ]
     )
-    sharded = torch.load(tmp_path / "tokens.pt")
+    sharded = torch.load(tmp_path / "tokens.pt", weights_only=True)
 
     model = AutoModelForImageTextToText.from_pretrained(llama_siglip_dir).eval()
     assert sharded["embedding_local_rows"] < model.get_input_embeddings().weight.shape[0]
