@@ -91,7 +91,8 @@ def atomic_file(path: str | Path, overwrite: bool = False):
     error, so a reader never sees half a file. An existing `path` is kept unless `overwrite`."""
     path = refuse_overwrite(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", dir=path.parent)
+    # The scratch ends in the file's own suffix, so writers that infer the format from it (PIL, matplotlib) work.
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", suffix=path.suffix, dir=path.parent)
     os.close(handle)
     with scratch_path(Path(name)) as scratch:
         yield scratch

@@ -8,6 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from transformers import PreTrainedModel  # noqa: E402
 
 from modeling_langbridge.assembly.compose import compose  # noqa: E402
 from modeling_langbridge.assembly.tiny import (  # noqa: E402
@@ -99,3 +100,15 @@ def world_model_dir(tmp_path_factory, parts):
     torch.manual_seed(0)
     composed = compose(str(parts["clip_vision"]), str(llm), projector_hidden_size=64, shared_vocab_size=128)
     return composed.save(root / "langbridge")
+
+
+@pytest.fixture
+def kernel_requests(monkeypatch):
+    """What each `from_pretrained` asked of transformers' kernel switch (kernelizing itself needs a Hub)."""
+    requests = []
+
+    def record(self, use_kernels, *args, **kwargs):
+        requests.append((type(self).__name__, bool(use_kernels)))
+
+    monkeypatch.setattr(PreTrainedModel, "set_use_kernels", record)
+    return requests

@@ -128,6 +128,17 @@ def test_harness_runner_generates_in_batches_and_scores_continuations(qwen_clip_
     assert total == pytest.approx(expected, rel=1e-5) and total < 0 and isinstance(greedy, bool)
 
 
+@pytest.mark.parametrize("setting", [True, "True", "false"])
+def test_harness_runner_takes_the_kernels_setting_as_a_harness_passes_it(qwen_clip_dir, kernel_requests, setting):
+    HarnessRunner(str(qwen_clip_dir), device="cpu", dtype="float32", use_kernels=setting)
+    assert kernel_requests == [("LangBridgeForConditionalGeneration", str(setting).lower() == "true")]
+
+
+def test_harness_runner_refuses_a_kernels_setting_it_cannot_read(qwen_clip_dir):
+    with pytest.raises(ValueError, match="use_kernels='maybe': give True or False"):
+        HarnessRunner(str(qwen_clip_dir), device="cpu", use_kernels="maybe")
+
+
 def test_lmms_eval_plugin_answers_requests(qwen_clip_dir, monkeypatch):
     """Runs only where lmms-eval is installed (it needs torchvision); see README, "Evaluation"."""
     pytest.importorskip("lmms_eval")

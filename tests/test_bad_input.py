@@ -432,6 +432,40 @@ def test_vocab_and_eval_outputs_are_kept_unless_overwrite(tokenizer_folders, qwe
     assert not list(tmp_path.glob(".*partial*"))
 
 
+def test_interpret_and_alignment_outputs_are_kept_unless_overwrite(qwen_clip_dir, images, tmp_path, capsys):
+    """An existing overlay, reading or plot is refused before any model loads; with --overwrite it is replaced
+    whole (written beside it first, as a file of its own format)."""
+    overlay, reading, plot = tmp_path / "o.png", tmp_path / "o.json", tmp_path / "a.png"
+    for path in (overlay, reading, plot, plot.with_suffix(".json")):
+        path.write_text("precious")
+    interpret = ["interpret", images / "ok.png", "--model", qwen_clip_dir, "--out", overlay, "--json", reading]
+    status, error = run_cli(interpret, capsys)
+    assert status == 2 and "o.png already exists" in error and "--overwrite" in error
+    status, error = run_cli([*interpret[:-2]], capsys)  # the overlay alone
+    assert status == 2 and "o.png already exists" in error
+    overlay.unlink()
+    status, error = run_cli(interpret, capsys)  # the JSON too is checked before the work
+    assert status == 2 and "o.json already exists" in error and not overlay.exists()
+
+    alignment = ["alignment", "--checkpoints", qwen_clip_dir, qwen_clip_dir, "--images", images / "ok.png"]
+    status, error = run_cli([*alignment, "--out", plot], capsys)
+    assert status == 2 and "a.png already exists" in error
+    plot.unlink()
+    status, error = run_cli([*alignment, "--out", plot], capsys)  # its figures' .json beside it is kept too
+    assert status == 2 and "a.json already exists" in error and not plot.exists()
+    status, error = run_cli([*alignment, "--out", tmp_path / "figures.json"], capsys)
+    assert status == 2 and "ends in .json" in error
+    assert {p.read_text() for p in (reading, plot.with_suffix(".json"))} == {"precious"}
+
+    assert run_cli([*interpret, "--overwrite"], capsys)[0] == 0
+    assert run_cli([*alignment, "--out", plot, "--overwrite"], capsys)[0] == 0
+    for png in (overlay, plot):
+        with Image.open(png) as written:
+            assert written.format == "PNG"
+    assert json.loads(reading.read_text())["grid"] and len(json.loads(plot.with_suffix(".json").read_text())) == 2
+    assert not list(tmp_path.glob(".*partial*"))
+
+
 def test_a_pipeline_batch_mixes_image_and_text_only_chats(qwen_clip_dir):
     chat = pipeline("image-text-to-text", model=str(qwen_clip_dir))
     with_image = [

@@ -225,6 +225,21 @@ def test_full_llava_checkpoint_converts_and_matches_the_official_code(parts, off
     )
 
 
+def test_a_checkpoint_without_its_vision_tower_loads_the_tower_with_the_kernels_setting(
+    parts, official_parts, tmp_path, kernel_requests
+):
+    """The tower is loaded by its name when the checkpoint does not carry it: the one load, so the one place
+    `--use-kernels` applies (offline, the default would ask for none)."""
+    checkpoint, weights = write_official_checkpoint(tmp_path / "official", parts, official_parts)
+    save_file({k: v for k, v in weights.items() if ".vision_tower." not in k}, checkpoint / "model.safetensors")
+    command = ["convert-official", "--checkpoint", checkpoint, "--vocab", checkpoint / "vocab.json"]
+    assert main([*map(str, command), "--out", str(tmp_path / "converted"), "--use-kernels"]) == 0
+    assert kernel_requests == [("CLIPVisionModel", True)]
+    converted = AutoModelForImageTextToText.from_pretrained(tmp_path / "converted")
+    tower = converted.model.vision_tower.state_dict()
+    assert all(torch.equal(tower[k], v) for k, v in official_parts["vision"].state_dict().items())
+
+
 def test_an_sft_checkpoint_with_trained_embeddings_keeps_the_official_frozen_matrix(
     parts, official_parts, tmp_path, capsys
 ):

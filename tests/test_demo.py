@@ -275,15 +275,22 @@ def test_eval_names_the_folder_it_looked_in_for_a_missing_image(demo, tmp_path, 
     assert "test_000000.png" in error and "--image-folder" in error
 
 
-def test_the_study_caches_each_run_and_summarises_every_seed(demo, tmp_path, capsys):
+def test_the_study_caches_each_run_and_summarises_every_seed(demo, tmp_path, capsys, kernel_requests):
     import shutil
 
     study = tmp_path / "study"
     shutil.copytree(demo, study / "seed-3")  # the fixture's quick seed-3 run: the study reuses its stages
-    command = ["demo", "--study", "--quick", "--seeds", "3", "4", "--out", str(study)]
+    # --use-kernels where the default (offline) is none: every model the study loads asks for them (recorded, not
+    # fetched); a setting of how models load, it redoes none of seed 3's stages.
+    command = ["demo", "--study", "--quick", "--seeds", "3", "4", "--out", str(study), "--use-kernels"]
     assert main(command) == 0
     printed = capsys.readouterr().out
     assert "[study] 1/4 seed-3/none" in printed and "[study] 4/4 seed-4/softmax, about" in printed
+    assert "holds a run with other settings" not in printed
+    loaded = {name for name, _ in kernel_requests}
+    assert {"LangBridgeForConditionalGeneration", "LlavaForConditionalGeneration"} <= loaded
+    assert {"Qwen2ForCausalLM", "LlamaForCausalLM"} <= loaded  # the LLMs' text training and reading check
+    assert all(asked for _, asked in kernel_requests), kernel_requests
     assert "[study] 4 runs summarised" in printed
     summary = json.loads((study / "summary.json").read_text())
     assert summary["seeds"] == [3, 4] and set(summary["activations"]) == {"none", "softmax"}

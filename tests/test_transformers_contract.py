@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 import torch
-from transformers import AttentionInterface, AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
+from transformers import AttentionInterface, AutoModelForImageTextToText, AutoProcessor
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from modeling_langbridge.assembly.tiny import random_shapes_image
@@ -123,18 +123,6 @@ def test_hub_kernels_only_when_asked_or_reachable(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "is_offline_mode", lambda: False)
     assert hub_kernels_wanted() is True
     assert hub_kernels_wanted(False) is False
-
-
-@pytest.fixture
-def kernel_requests(monkeypatch):
-    """What each `from_pretrained` asked of transformers' kernel switch (kernelizing itself needs a Hub)."""
-    requests = []
-
-    def record(self, use_kernels, *args, **kwargs):
-        requests.append((type(self).__name__, bool(use_kernels)))
-
-    monkeypatch.setattr(PreTrainedModel, "set_use_kernels", record)
-    return requests
 
 
 def test_offline_loads_ask_for_no_hub_kernels(qwen_clip_dir, parts, kernel_requests, tmp_path):

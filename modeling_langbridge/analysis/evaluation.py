@@ -185,7 +185,7 @@ def evaluate(
     processor,
     records: list[dict],
     image_root: str | Path | None = None,
-    batch_size: int = 32,
+    batch_size: int = 16,
     max_new_tokens: int = 16,
     instruction: str | None = None,
     progress: bool = True,

@@ -140,11 +140,13 @@ def convert_checkpoint(
     vocab_matrix: str | Path | None = None,
     vision_model: str | None = None,
     tiling: bool = True,
+    use_kernels: bool | None = None,
 ) -> Composed:
     """A full official checkpoint folder (LLaVA-1.5 or LLaVA-NeXT layout) -> our full model.
 
     A LLaVA-NeXT checkpoint trained with anyres tiling converts tiled, with its grid and `image_newline`;
-    `tiling=False` (`--no-tiling`) converts it for a single view instead, which the official code never ran."""
+    `tiling=False` (`--no-tiling`) converts it for a single view instead, which the official code never ran.
+    `use_kernels`: Hub kernels for the vision tower when it is loaded by name (the rest is built from tensors)."""
     checkpoint = Path(checkpoint)
     config_file = checkpoint / "config.json"
     if not config_file.exists():
@@ -191,7 +193,7 @@ def convert_checkpoint(
             f"tiling as trained: {tiled['vision_aspect_ratio']}, {tiled['patch_merge_type']}, grids (height x width) "
             + ", ".join(f"{h}x{w}" for h, w in pinpoints)
         )
-    vision_tower = build_vision_tower(vision_config, weights, vision_name, llm.dtype)
+    vision_tower = build_vision_tower(vision_config, weights, vision_name, llm.dtype, use_kernels)
     notes.append(
         "vision tower: "
         + ("weights from the checkpoint" if any(k.startswith(VISION_PREFIX) for k in weights) else vision_name)
@@ -318,11 +320,11 @@ def build_llm(text_config, weights: dict[str, torch.Tensor]):
     return llm
 
 
-def build_vision_tower(vision_config, weights: dict[str, torch.Tensor], name: str, dtype):
+def build_vision_tower(vision_config, weights: dict[str, torch.Tensor], name: str, dtype, use_kernels=None):
     """The vision tower from the checkpoint when it carries one (LLaVA saves it), else from `name`."""
     state = {k[len(VISION_PREFIX) :]: v.to(dtype) for k, v in weights.items() if k.startswith(VISION_PREFIX)}
     if not state:
-        return load_vision_tower(name, dtype=dtype)
+        return load_vision_tower(name, dtype=dtype, use_kernels=use_kernels)
     tower, missing = _from_tensors(AutoModel, vision_config, state, "vision tower")
     if missing:
         raise ValueError(f"The checkpoint's vision tower lacks {missing[:5]}.")

@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from ..model.processing_langbridge import open_image
-from .common import add_kernels_option, command, positive_int
+from .common import add_kernels_option, command, defaults_of, positive_int
 
 
 def load_for_analysis(model_dir, use_kernels: bool | None = None):
@@ -41,6 +41,7 @@ def interpret_command(args) -> int:
     from ..analysis.alignment import read_nearest
     from ..analysis.evaluation import answer_one
     from ..analysis.interpret import draw_overlay, read_patches
+    from ..files import atomic_file, refuse_overwrite
 
     for flag, out in (("--out", args.out), ("--json", args.json)):
         if out is not None and same_file(out, args.image):
@@ -49,6 +50,9 @@ def interpret_command(args) -> int:
             )
     if args.json is not None and same_file(args.out, args.json):
         raise ValueError(f"--out and --json are the same file {args.out}; give each its own name.")
+    for out in (args.out, args.json):  # before any work
+        if out is not None:
+            refuse_overwrite(out, args.overwrite)
     image = open_image(args.image)
     model, processor = load_for_analysis(args.model, args.use_kernels)
     method = args.method or ("coefficients" if model.config.model_type == "langbridge" else "nearest")
@@ -65,13 +69,15 @@ def interpret_command(args) -> int:
         else f"Left: the image on its patch grid. Right: the {args.top_k} words whose input embeddings are nearest "
         "to each patch's visual token (cosine similarity in grey)."
     )
-    draw_overlay(image, reading, args.out, title=title, legend=legend)
+    with atomic_file(args.out, args.overwrite) as scratch:
+        draw_overlay(image, reading, scratch, title=title, legend=legend)
     if answer is not None:
         print(f"Q: {args.prompt}\nA: {answer}")
     tiles = f"; and {reading.tile_grid[0]}x{reading.tile_grid[1]} tiles" if hasattr(reading, "tile_grid") else ""
     print(f"Wrote {args.out} ({reading.grid[0]}x{reading.grid[1]} patches{tiles}, method: {method})")
     if args.json:
-        reading.to_json(args.json, method=method, prompt=args.prompt, answer=answer)
+        with atomic_file(args.json, args.overwrite) as scratch:
+            reading.to_json(scratch, method=method, prompt=args.prompt, answer=answer)
         print(f"Wrote {args.json}")
     return 0
 
@@ -115,7 +121,13 @@ def check_images(records: list[dict], image_folder: Path, given: bool) -> None:
 
 def alignment_command(args) -> int:
     from ..analysis.alignment import alignment_curve, expand_checkpoints, plot_alignment, read_captions, save_points
+    from ..files import atomic_file, refuse_overwrite
 
+    figures = args.out.with_suffix(".json")
+    if same_file(args.out, figures):
+        raise ValueError(f"--out {args.out} ends in .json, where the figures go; give the plot a .png name.")
+    for out in (args.out, figures):  # before any work
+        refuse_overwrite(out, args.overwrite)
     checkpoints = expand_checkpoints(args.checkpoints)
     if len(checkpoints) < 2:
         raise ValueError(
@@ -139,9 +151,10 @@ def alignment_command(args) -> int:
     for point in points:
         grounded = f", grounded {100 * point.grounded_share:.1f}%" if point.grounded_share is not None else ""
         print(f"{point.checkpoint}: step {point.step}, mean top-1 cosine {point.mean_top1_cosine:.3f}{grounded}")
-    plot_alignment({"": points}, args.out)
-    save_points(points, args.out.with_suffix(".json"))
-    print(f"Wrote {args.out} and {args.out.with_suffix('.json')}")
+    with atomic_file(args.out, args.overwrite) as plot, atomic_file(figures, args.overwrite) as saved:
+        plot_alignment({"": points}, plot)
+        save_points(points, saved)
+    print(f"Wrote {args.out} and {figures}")
     return 0
 
 
@@ -151,7 +164,14 @@ def add_commands(commands) -> None:
     p.add_argument(
         "--model", required=True, type=Path, help="a model folder (LangBridge, or LLaVA-style for --method nearest)"
     )
-    p.add_argument("--top-k", type=positive_int, default=3, help="tokens per patch, drawn and written to --json")
+    from ..analysis.interpret import read_patches
+
+    p.add_argument(
+        "--top-k",
+        type=positive_int,
+        default=defaults_of(read_patches)["top_k"],
+        help="tokens per patch, drawn and written to --json",
+    )
     p.add_argument(
         "--prompt", help="also ask the model this about the image; the answer is printed and goes in the title and JSON"
     )
@@ -163,6 +183,7 @@ def add_commands(commands) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="overlay PNG")
     p.add_argument("--json", type=Path, help="also write tokens, weights and the patch grid as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --out / --json files")
     add_kernels_option(p)
     command(p, interpret_command, existing=(("image", "image file"), ("model", "model folder")))
 
@@ -170,8 +191,18 @@ def add_commands(commands) -> None:
     p.add_argument("--model", required=True, type=Path, help="a model folder")
     p.add_argument("--data", required=True, type=Path, help='JSONL: {"image", "question", "answers", "kind"?} per line')
     p.add_argument("--image-folder", type=Path, help="where relative image paths point (default: the folder of --data)")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="questions answered together (left padding)")
-    p.add_argument("--max-new-tokens", type=positive_int, default=16, help="longest answer generated")
+    from ..analysis.evaluation import evaluate
+
+    answering = defaults_of(evaluate)
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=answering["batch_size"],
+        help="questions answered together (left padding)",
+    )
+    p.add_argument(
+        "--max-new-tokens", type=positive_int, default=answering["max_new_tokens"], help="longest answer generated"
+    )
     p.add_argument(
         "--instruction",
         help='appended to each question, e.g. "Answer the question using a single word or '
@@ -202,6 +233,7 @@ def add_commands(commands) -> None:
     )
     p.add_argument("--max-images", type=positive_int, default=32, help="use at most this many images")
     p.add_argument("--out", required=True, type=Path, help="plot PNG (the figures go beside it as .json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing plot and its .json")
     add_kernels_option(p)
     command(
         p,

@@ -1,18 +1,10 @@
 """Commands that build models: compose, transfer, export-adapter, vocab build / inspect, convert-official."""
 
-import inspect
 from pathlib import Path
 
-from .common import add_kernels_option, command, positive_int, print_notes, share
+from .common import add_kernels_option, command, defaults_of, positive_int, print_notes, share
 
 EXISTING_VOCAB = (("vocab", "shared-vocabulary file"),)
-
-
-def compose_defaults() -> dict:
-    """compose()'s own defaults: the CLI states them, never restates them."""
-    from ..assembly.compose import compose
-
-    return {name: p.default for name, p in inspect.signature(compose).parameters.items() if p.default is not p.empty}
 
 
 # compose()'s settings that have a flag; a flag left out falls back to --config, then to compose()'s default.
@@ -157,7 +149,7 @@ def convert_official_command(args) -> int:
             args.vocab,
             vision_feature_layer=args.vision_feature_layer,
             vision_feature_select_strategy=args.vision_feature_select_strategy,
-            vision_model=args.vision_model or "openai/clip-vit-large-patch14-336",
+            **({"vision_model": args.vision_model} if args.vision_model else {}),
             trained_with=args.trained_with,
         )
         adapter.save_pretrained(args.out)
@@ -171,6 +163,7 @@ def convert_official_command(args) -> int:
             vocab_matrix=args.vocab_matrix,
             vision_model=args.vision_model,
             tiling=not args.no_tiling,
+            use_kernels=args.use_kernels,
         )
         print_notes(composed)
         composed.save(args.out)
@@ -190,7 +183,10 @@ def add_transfer_safety(parser, defaults: dict) -> None:
 
 
 def add_commands(commands) -> None:
-    defaults = compose_defaults()
+    from ..assembly.compose import compose
+    from ..assembly.convert_official import convert_projector
+
+    defaults = defaults_of(compose)
 
     def default(name):
         return f"(default: {defaults[name]})"
@@ -292,11 +288,17 @@ def add_commands(commands) -> None:
     p.add_argument(
         "--vision-model", help="vision tower (default: the checkpoint's mm_vision_tower / CLIP ViT-L/14-336)"
     )
-    p.add_argument("--vision-feature-layer", type=int, default=-2, help="the vision tower's layer the projector reads")
+    official = defaults_of(convert_projector)
+    p.add_argument(
+        "--vision-feature-layer",
+        type=int,
+        default=official["vision_feature_layer"],
+        help="the vision tower's layer the projector reads",
+    )
     p.add_argument(
         "--vision-feature-select-strategy",
         choices=["default", "full"],
-        default="default",
+        default=official["vision_feature_select_strategy"],
         help="default: patch tokens only, CLS dropped (official); full: keep CLS",
     )
     p.add_argument("--trained-with", help="the LLM the projector was trained with, for the record")
@@ -305,6 +307,7 @@ def add_commands(commands) -> None:
         action="store_true",
         help="convert a LLaVA-NeXT anyres checkpoint for a single view (fewer tokens; not the official numerics)",
     )
+    add_kernels_option(p)
     p.add_argument(
         "--out", required=True, type=Path, help="folder to save the adapter (--projector) or model (--checkpoint) in"
     )

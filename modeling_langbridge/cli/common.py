@@ -2,6 +2,7 @@
 that given paths exist, and printing a build's notes."""
 
 import argparse
+import inspect
 from pathlib import Path
 
 
@@ -55,6 +56,11 @@ def share(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"{value} is not a share; give a number from 0 to 1, such as 0.8")
     return value
+
+
+def defaults_of(function) -> dict:
+    """A function's own defaults, by parameter name: a command states them, never restates them."""
+    return {name: p.default for name, p in inspect.signature(function).parameters.items() if p.default is not p.empty}
 
 
 def add_kernels_option(parser) -> None:

@@ -4,7 +4,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .common import Parser, command, non_negative, print_notes
+from .common import Parser, add_kernels_option, command, non_negative, print_notes
 
 
 def train_command(args) -> int:
@@ -30,12 +30,22 @@ def demo_command(args) -> int:
     if args.remedies:
         from langbridge_training.demo.study import VALIDATION_SEEDS, run_remedies
 
-        run_remedies(args.out or Path("langbridge-study"), seeds=args.seeds or VALIDATION_SEEDS, quick=args.quick)
+        run_remedies(
+            args.out or Path("langbridge-study"),
+            seeds=args.seeds or VALIDATION_SEEDS,
+            quick=args.quick,
+            use_kernels=args.use_kernels,
+        )
         return 0
     if args.study:
         from langbridge_training.demo.study import DEFAULT_SEEDS, run_study
 
-        run_study(args.out or Path("langbridge-study"), seeds=args.seeds or DEFAULT_SEEDS, quick=args.quick)
+        run_study(
+            args.out or Path("langbridge-study"),
+            seeds=args.seeds or DEFAULT_SEEDS,
+            quick=args.quick,
+            use_kernels=args.use_kernels,
+        )
         return 0
     from langbridge_training.demo.experiment import main as run_demo
 
@@ -45,6 +55,7 @@ def demo_command(args) -> int:
         seed=args.seed,
         coefficient_activation=args.coefficient_activation,
         overrides={"caption_word_loss": args.caption_word_loss} if args.caption_word_loss else None,
+        use_kernels=args.use_kernels,
     )
     return 0
 
@@ -53,13 +64,13 @@ def quickstart_command(args) -> int:
     """Build tiny parts locally, compose them, and chat with the folder through the pipeline."""
     if args.out is None:  # a temporary folder, removed whatever happens
         with tempfile.TemporaryDirectory(prefix="langbridge-quickstart-") as scratch:
-            code = quickstart_in(Path(scratch), args.seed)
+            code = quickstart_in(Path(scratch), args.seed, args.use_kernels)
         print(f"Removed the temporary folder {scratch} (give --out DIR to keep the model)")
         return code
-    return quickstart_in(args.out, args.seed)
+    return quickstart_in(args.out, args.seed, args.use_kernels)
 
 
-def quickstart_in(out: Path, seed: int) -> int:
+def quickstart_in(out: Path, seed: int, use_kernels: bool | None = None) -> int:
     """The quickstart with its parts and model in `out`."""
     import torch
     from transformers import pipeline
@@ -71,14 +82,19 @@ def quickstart_in(out: Path, seed: int) -> int:
     vision = save_clip_vision(out / "parts" / "clip", full_clip=True)
     llm = save_qwen2_style_llm(out / "parts" / "qwen2")
     print("Composing them with the LangBridge projector ...")
-    composed = compose(str(vision), str(llm), projector_hidden_size=64, shared_vocab_size=128)
+    composed = compose(str(vision), str(llm), projector_hidden_size=64, shared_vocab_size=128, use_kernels=use_kernels)
     print_notes(composed)
     shutil.rmtree(out / "model", ignore_errors=True)  # a rerun replaces its own model
     composed.save(out / "model")
 
     print(f"Loading {out / 'model'} with pipeline('image-text-to-text', trust_remote_code=True) ...")
     torch.manual_seed(seed)
-    chat = pipeline("image-text-to-text", model=str(out / "model"), trust_remote_code=True)
+    chat = pipeline(
+        "image-text-to-text",
+        model=str(out / "model"),
+        trust_remote_code=True,
+        model_kwargs={"use_kernels": use_kernels},
+    )
     messages = [
         {
             "role": "user",
@@ -156,6 +172,7 @@ def add_commands(commands) -> None:
         default=None,
         help=f"the study's seeds (default: {' '.join(map(str, DEFAULT_SEEDS))})",
     )
+    add_kernels_option(p)
     command(p, demo_command)
 
     p = commands.add_parser("quickstart", help="compose a tiny model from locally built parts and chat with it")
@@ -165,4 +182,5 @@ def add_commands(commands) -> None:
         help="folder for the parts and the model, kept (default: a temporary folder, removed at the end)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random image and the generation")
+    add_kernels_option(p)
     command(p, quickstart_command)

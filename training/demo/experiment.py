@@ -94,6 +94,9 @@ class DemoSettings:
     # Another remedy: the weight of stage 1's caption-word loss for the LangBridge runs (training/caption_words.py;
     # 0: off, the paper's stage 1). Its runs get their own stage names too.
     caption_word_loss: float = 0.0
+    # transformers' Hub kernels for every model the demo loads (None: only when the Hub may be reached). How models
+    # load, not what the stages compute: never recorded, so it redoes no stage and any cache serves either setting.
+    use_kernels: bool | None = None
 
     @classmethod
     def quick(cls, seed: int = 0, coefficient_activation: str = "none") -> "DemoSettings":
@@ -117,7 +120,11 @@ class DemoSettings:
     def recorded(self) -> dict:
         """The settings as caches and reports keep them. Settings added after a release are left out while at
         their default, so folders made before them stay valid (their stages are not redone)."""
-        return {k: v for k, v in asdict(self).items() if k not in OMITTED_AT_DEFAULT or v != OMITTED_AT_DEFAULT[k]}
+        return {
+            k: v
+            for k, v in asdict(self).items()
+            if k not in NOT_RECORDED and (k not in OMITTED_AT_DEFAULT or v != OMITTED_AT_DEFAULT[k])
+        }
 
     def fingerprint(self, *names: str) -> str:
         chosen = {k: v for k, v in self.recorded().items() if not names or k in names}
@@ -125,6 +132,7 @@ class DemoSettings:
 
 
 OMITTED_AT_DEFAULT = {"caption_word_loss": 0.0}  # see DemoSettings.recorded
+NOT_RECORDED = ("use_kernels",)
 
 # What each stage's result depends on: a stage is redone when one of these settings changes.
 WORLD = ("seed", "image_size", "train_scenes", "validation_scenes", "test_scenes")
@@ -290,7 +298,7 @@ def reading_check(folder, s: DemoSettings, count: int = 40) -> dict:
     from .world import caption, questions, scene_table, scenes
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, use_kernels=hub_kernels_wanted()).eval()
+    model = AutoModelForCausalLM.from_pretrained(folder, use_kernels=hub_kernels_wanted(s.use_kernels)).eval()
 
     def complete(context: str, tokens: int) -> str:
         inputs = tokenizer(context, return_tensors="pt", add_special_tokens=False)
@@ -353,6 +361,7 @@ def build_llm(stages: Stages, s: DemoSettings, name: str) -> dict:
             seed=s.seed,
             progress=False,
             on_step=stages.advance,
+            use_kernels=s.use_kernels,
         )
         return {
             "path": str(folder),
@@ -402,7 +411,7 @@ def build_connectors(stages: Stages, s: DemoSettings, vision: Path, llm1: dict, 
     def llava(folder):
         torch.manual_seed(s.seed)
         shutil.rmtree(folder)
-        compose_llava(str(vision), llm2["path"]).save(folder)
+        compose_llava(str(vision), llm2["path"], use_kernels=s.use_kernels).save(folder)
         return {"llava-llm2": str(folder)}
 
     def langbridge(folder):
@@ -415,6 +424,7 @@ def build_connectors(stages: Stages, s: DemoSettings, vision: Path, llm1: dict, 
                 projector_hidden_size=s.projector_hidden,
                 vocab=vocabulary["path"],
                 coefficient_activation=s.coefficient_activation,
+                use_kernels=s.use_kernels,
             ).save(folder / name)
             paths[name] = str(folder / name)
         return paths
@@ -454,6 +464,7 @@ def train(
         dataset=data["captions" if stage1 else "conversations"],
         image_folder=data["images"],
         caption_word_loss=caption_word_loss,
+        use_kernels=s.use_kernels,
     )
     training_args = SFTConfig(
         output_dir=str(out),
@@ -511,7 +522,12 @@ def run_experiment(stages: Stages, s: DemoSettings, world: dict, composed: dict,
         )
 
     def move_to_llm2(folder):
-        moved = transfer(Path(pretrained["B"]["path"]) / "adapter", llm2["path"], str(stages.out / "vision"))
+        moved = transfer(
+            Path(pretrained["B"]["path"]) / "adapter",
+            llm2["path"],
+            str(stages.out / "vision"),
+            use_kernels=s.use_kernels,
+        )
         shutil.rmtree(folder)
         moved.save(folder)
         return {"path": str(folder), "coverage": moved.mapping.coverage, "composed": len(moved.mapping.composed)}
@@ -544,7 +560,7 @@ def score(stages: Stages, s: DemoSettings, world: dict, finetuned: dict) -> dict
     def scored(run):
         def work(folder):
             model = AutoModelForImageTextToText.from_pretrained(
-                finetuned[run]["path"], use_kernels=hub_kernels_wanted()
+                finetuned[run]["path"], use_kernels=hub_kernels_wanted(s.use_kernels)
             )
             processor = AutoProcessor.from_pretrained(finetuned[run]["path"])
             results = {}
@@ -586,7 +602,11 @@ def caption_before_sft(stages: Stages, s: DemoSettings, world: dict, experiment:
             accuracies = {}
             for split in ("validation", "test"):
                 accuracies[split] = caption_accuracy(
-                    path, world[split]["captions"], world[split]["images"], predictions=folder / f"{split}.jsonl"
+                    path,
+                    world[split]["captions"],
+                    world[split]["images"],
+                    predictions=folder / f"{split}.jsonl",
+                    use_kernels=s.use_kernels,
                 )
                 stages.advance()
             return accuracies
@@ -618,27 +638,29 @@ def alignment(stages: Stages, s: DemoSettings, world: dict, composed: dict, expe
         series = {}
         for run, start, label in (("A", "llava-llm2", "A: LLaVA MLP"), ("C", "langbridge-llm2", "C: LangBridge")):
             checkpoints = [Path(composed[start]), *expand_checkpoints([experiment["pretrained"][run]["path"]])[:-1]]
-            points = alignment_curve(checkpoints, pictures, [captions[n] for n in names], progress=False)
+            points = alignment_curve(
+                checkpoints, pictures, [captions[n] for n in names], progress=False, use_kernels=s.use_kernels
+            )
             points[0].step = 0  # the untrained, composed model
             series[label] = points
             stages.advance()
         plot_alignment(series, folder / "alignment.png", title="Stage 1 on LLM-2: visual tokens vs. word embeddings")
         return {label: [asdict(p) for p in points] for label, points in series.items()} | {
             "plot": str(folder / "alignment.png"),
-            "chance": chance_top1_cosine(composed["langbridge-llm2"]),
+            "chance": chance_top1_cosine(composed["langbridge-llm2"], use_kernels=s.use_kernels),
         }
 
     return stages.run(f"alignment/{langbridge_label(s)}", PRETRAIN + LANGBRIDGE, work, steps=2)
 
 
-def chance_top1_cosine(model_dir: str, samples: int = 4096) -> float:
+def chance_top1_cosine(model_dir: str, samples: int = 4096, use_kernels: bool | None = None) -> float:
     """The mean top-1 cosine of random directions to the LLM's words (the alignment measure's chance level): in a
     narrow embedding space a random vector already has a fairly close word."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from modeling_langbridge.analysis.alignment import NearestWords, nearest_tokens
 
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, use_kernels=hub_kernels_wanted())
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, use_kernels=hub_kernels_wanted(use_kernels))
     words = NearestWords(model, AutoProcessor.from_pretrained(model_dir).tokenizer)
     directions = torch.randn(samples, words.embeddings.shape[1], generator=torch.Generator().manual_seed(0))
     return nearest_tokens(directions, words.embeddings, top_k=1)[0].mean().item()
@@ -651,16 +673,18 @@ def main(
     coefficient_activation: str = "none",
     report_dir: str | Path | None = None,
     overrides: dict | None = None,
+    use_kernels: bool | None = None,
 ) -> Path:
     """Run (or reuse) every stage in `out`, then write results.json and report.md to `report_dir` (default: `out`).
     The console gets a line per stage; the rest goes to `demo.log` in `out`. `overrides` changes DemoSettings fields
-    (for experiments such as the study's remedies; the stages that depend on them are redone)."""
+    (for experiments such as the study's remedies; the stages that depend on them are redone). `use_kernels`:
+    transformers' Hub kernels for every model loaded (default: only when the Hub may be reached)."""
     from .report import ORDER, write_report
 
     out = Path(out)
     report_dir = Path(report_dir) if report_dir else out
     settings = (DemoSettings.quick if quick else DemoSettings)(seed=seed, coefficient_activation=coefficient_activation)
-    settings = replace(settings, **(overrides or {}))
+    settings = replace(settings, **(overrides or {}), use_kernels=use_kernels)
     out.mkdir(parents=True, exist_ok=True)
     report_dir.mkdir(parents=True, exist_ok=True)
     console = Console(out / "demo.log")
@@ -720,7 +744,7 @@ def main(
         (report_dir / "results.json").write_text(json.dumps(results, indent=1))
         report_start = time.time()
         with console.quiet("report"):
-            write_report(report_dir, results, experiment, world)
+            write_report(report_dir, results, experiment, world, use_kernels=use_kernels)
         console.say(f"[demo] {'report':<27} {time.time() - report_start:5.0f} s")
     finally:
         console.close()

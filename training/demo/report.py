@@ -75,6 +75,7 @@ def plot_overlays(
     method: str = "coefficients",
     captions_file: str | None = None,
     top_k: int = 3,
+    use_kernels: bool | None = None,
 ) -> Path:
     """The top tokens of each patch, for the first `count` test images, one above the other, each titled with its
     caption: by LangBridge coefficient, or (`method="nearest"`, for any connector) by cosine similarity to the LLM's
@@ -86,7 +87,7 @@ def plot_overlays(
     from modeling_langbridge.analysis.interpret import draw_overlay, read_patches
     from modeling_langbridge.model.modeling_langbridge import hub_kernels_wanted
 
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, use_kernels=hub_kernels_wanted()).eval()
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, use_kernels=hub_kernels_wanted(use_kernels)).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
     names = list(dict.fromkeys(json.loads(line)["image"] for line in Path(questions_file).read_text().splitlines()))[
         :count
@@ -228,7 +229,7 @@ def captions_table(before_sft: dict, split: str) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: Path, results: dict, experiment: dict, world: dict) -> Path:
+def write_report(out: Path, results: dict, experiment: dict, world: dict, use_kernels: bool | None = None) -> Path:
     plot_curves(results, out / "curves.png")
     test = world["test"]
     plot_overlays(
@@ -237,6 +238,7 @@ def write_report(out: Path, results: dict, experiment: dict, world: dict) -> Pat
         test["images"],
         out / "overlay.png",
         captions_file=test["captions"],
+        use_kernels=use_kernels,
     )
     plot_overlays(
         experiment["pretrained"]["A"]["path"],
@@ -245,6 +247,7 @@ def write_report(out: Path, results: dict, experiment: dict, world: dict) -> Pat
         out / "overlay_llava.png",
         method="nearest",
         captions_file=test["captions"],
+        use_kernels=use_kernels,
     )
 
     s, runs = results["settings"], results["runs"]

@@ -30,6 +30,7 @@ def caption_accuracy(
     predictions: Path | None = None,
     batch_size: int = 64,
     max_new_tokens: int = 12,
+    use_kernels: bool | None = None,
 ) -> dict:
     """Share of images whose greedy caption is exactly right, and right per attribute (a caption not in the world's
     wording counts as wrong for every attribute)."""
@@ -38,7 +39,7 @@ def caption_accuracy(
     from modeling_langbridge.analysis.alignment import read_captions
     from modeling_langbridge.model.modeling_langbridge import hub_kernels_wanted
 
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, use_kernels=hub_kernels_wanted()).eval()
+    model = AutoModelForImageTextToText.from_pretrained(model_dir, use_kernels=hub_kernels_wanted(use_kernels)).eval()
     processor = AutoProcessor.from_pretrained(model_dir)
     captions = read_captions(captions_file)
     images = {name: Path(image_folder) / name for name in sorted(captions)}

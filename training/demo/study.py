@@ -63,7 +63,9 @@ def finished(report_dir: Path, settings) -> dict | None:
     return results if results.get("settings") == settings.recorded() else None
 
 
-def run_variants(out: Path, plan: list[tuple[int, str, dict]], quick: bool, console: Console) -> dict:
+def run_variants(
+    out: Path, plan: list[tuple[int, str, dict]], quick: bool, console: Console, use_kernels: bool | None = None
+) -> dict:
     """Run (or reuse) the demo for each (seed, activation, overrides) in `plan`; their results, keyed by
     `variant_dir` relative to `out`. A finished one is reused, so the study can be stopped and resumed; progress
     and the time left are shown."""
@@ -89,6 +91,7 @@ def run_variants(out: Path, plan: list[tuple[int, str, dict]], quick: bool, cons
                 coefficient_activation=activation,
                 report_dir=report_dir,
                 overrides=overrides,
+                use_kernels=use_kernels,
             )
             spent, ran = spent + time.time() - start, ran + 1
         else:
@@ -98,16 +101,26 @@ def run_variants(out: Path, plan: list[tuple[int, str, dict]], quick: bool, cons
 
 
 def run_study(
-    out: str | Path = "langbridge-study", seeds=DEFAULT_SEEDS, activations=ACTIVATIONS, quick: bool = False
+    out: str | Path = "langbridge-study",
+    seeds=DEFAULT_SEEDS,
+    activations=ACTIVATIONS,
+    quick: bool = False,
+    use_kernels: bool | None = None,
 ) -> Path:
-    """Run (or reuse) the demo for every seed and activation, then write summary.md, summary.json and study.png."""
+    """Run (or reuse) the demo for every seed and activation, then write summary.md, summary.json and study.png.
+    `use_kernels`: transformers' Hub kernels for every model loaded (default: only when the Hub may be reached)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     console = Console(out / "study.log")
     try:
-        found = run_variants(out, [(seed, a, {}) for seed in seeds for a in activations], quick, console)
+        plan = [(seed, a, {}) for seed in seeds for a in activations]
+        found = run_variants(out, plan, quick, console, use_kernels)
         results = {(seed, a): found[f"seed-{seed}/{a}"] for seed in seeds for a in activations}
-        diagnoses = {(seed, a): diagnosis(out / f"seed-{seed}", a) for seed in seeds for a in activations}
+        diagnoses = {
+            (seed, a): diagnosis(out / f"seed-{seed}", a, use_kernels=use_kernels)
+            for seed in seeds
+            for a in activations
+        }
         summary = summarise(results, seeds, activations, diagnoses)
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
         plot_study(summary, out / "study.png")
@@ -124,6 +137,7 @@ def run_remedies(
     seeds=VALIDATION_SEEDS,
     quick: bool = False,
     name: str = "remedies",
+    use_kernels: bool | None = None,
 ) -> Path:
     """Run each remedy on `seeds` beside the plain activations and write `name`.md / `name`.json: the figures a
     remedy is judged by (validation split) and the test split beside them. Remedies that change more than
@@ -133,12 +147,13 @@ def run_remedies(
     console = Console(out / "study.log")
     variants = {activation: (activation, {}) for activation in ACTIVATIONS} | dict(remedies)
     try:
-        results = run_variants(out, [(seed, a, o) for seed in seeds for a, o in variants.values()], quick, console)
+        plan = [(seed, a, o) for seed in seeds for a, o in variants.values()]
+        results = run_variants(out, plan, quick, console, use_kernels)
         table = {
             name: {
                 seed: remedy_figures(
                     results[str(variant_dir(out, seed, a, o).relative_to(out))],
-                    diagnosis(seed_folder(out, seed, o), label(a, o)),
+                    diagnosis(seed_folder(out, seed, o), label(a, o), use_kernels=use_kernels),
                 )
                 for seed in seeds
             }
@@ -197,7 +212,7 @@ def remedies_markdown(table: dict, seeds) -> str:
     return "\n".join(lines) + "\n"
 
 
-def diagnosis(seed_dir: Path, variant: str, images: int = 60) -> dict:
+def diagnosis(seed_dir: Path, variant: str, images: int = 60, use_kernels: bool | None = None) -> dict:
     """`transfer_diagnosis.diagnose` for one seed and variant (an activation, or a remedy's label) on validation
     images, kept beside its results."""
     path = seed_dir / variant / "diagnosis.json"
@@ -221,6 +236,7 @@ def diagnosis(seed_dir: Path, variant: str, images: int = 60) -> dict:
         str(seed_dir / "transfer" / f"B-{variant}"),
         pictures,
         [captions[name] for name in names],
+        use_kernels=use_kernels,
     )
     path.write_text(json.dumps(measured, indent=1))
     return measured

@@ -37,13 +37,16 @@ def train_causal_lm(
     seed: int = 0,
     progress: bool = True,
     on_step=None,
+    use_kernels: bool | None = None,
 ) -> list[float]:
     """Train the LM saved in `folder` on `texts` and save it back. Returns the loss of every step. `progress` shows a
     bar; `on_step`, if given, is called after every step (the demo's own bar)."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, use_kernels=hub_kernels_wanted())
+    model = AutoModelForCausalLM.from_pretrained(
+        folder, dtype=torch.float32, use_kernels=hub_kernels_wanted(use_kernels)
+    )
     model.train()
     token_lists = tokenizer(texts, add_special_tokens=False)["input_ids"]
     blocks = packed_blocks(token_lists, tokenizer.eos_token_id, block_size, rng)

@@ -142,14 +142,21 @@ def word_list_captions(model, processor, images: dict, captions: dict) -> dict:
         hook.remove()
 
 
-def diagnose(pretrained_b: str, transferred_b: str, images: list, captions: list[str] | None = None) -> dict:
+def diagnose(
+    pretrained_b: str,
+    transferred_b: str,
+    images: list,
+    captions: list[str] | None = None,
+    use_kernels: bool | None = None,
+) -> dict:
     """All the measures for one run: B's stage-1 model (on LLM-1) and the same adapter transferred to LLM-2."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from modeling_langbridge.model.modeling_langbridge import hub_kernels_wanted
 
-    source = AutoModelForImageTextToText.from_pretrained(pretrained_b, use_kernels=hub_kernels_wanted()).eval()
-    target = AutoModelForImageTextToText.from_pretrained(transferred_b, use_kernels=hub_kernels_wanted()).eval()
+    source = AutoModelForImageTextToText.from_pretrained(pretrained_b, use_kernels=hub_kernels_wanted(use_kernels))
+    target = AutoModelForImageTextToText.from_pretrained(transferred_b, use_kernels=hub_kernels_wanted(use_kernels))
+    source, target = source.eval(), target.eval()
     processor = AutoProcessor.from_pretrained(pretrained_b)
     target_processor = AutoProcessor.from_pretrained(transferred_b)  # LLM-2's tokenizer
     with torch.no_grad():

@@ -21,6 +21,16 @@ def greedy_settings(gen_kwargs: dict) -> dict:
     return settings
 
 
+def kernels_setting(value: bool | str | None) -> bool | None:
+    """`use_kernels` as a harness passes model_args (a bool, or its text: lmms-eval may hand over "False")."""
+    if value is None or isinstance(value, bool):
+        return value
+    words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+    if str(value).strip().lower() not in words:
+        raise ValueError(f"use_kernels={value!r}: give True or False (or leave it out: kernels only when online)")
+    return words[str(value).strip().lower()]
+
+
 def cut_at_stops(text: str, stops: list[str]) -> str:
     """The text up to the first stop string (a harness's `until`)."""
     for stop in stops:
@@ -39,6 +49,7 @@ class HarnessRunner:
         dtype: str | torch.dtype = "auto",
         trust_remote_code: bool = True,
         attn_implementation: str | None = None,
+        use_kernels: bool | str | None = None,
     ):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -50,7 +61,7 @@ class HarnessRunner:
                 dtype=dtype,
                 trust_remote_code=trust_remote_code,
                 attn_implementation=attn_implementation,
-                use_kernels=hub_kernels_wanted(),
+                use_kernels=hub_kernels_wanted(kernels_setting(use_kernels)),
             )
             .to(device)
             .eval()

@@ -27,13 +27,14 @@ class LangBridge(lmms):
         batch_size: int | str = 1,
         trust_remote_code: bool = True,
         attn_implementation: str | None = None,
+        use_kernels: bool | str | None = None,
         **kwargs,
     ) -> None:
         super().__init__()
         if kwargs:
             raise ValueError(
                 f"unknown model_args for langbridge: {sorted(kwargs)}; known: pretrained, device, dtype, "
-                "batch_size, trust_remote_code, attn_implementation"
+                "batch_size, trust_remote_code, attn_implementation, use_kernels"
             )
         self.runner = HarnessRunner(
             pretrained,
@@ -41,6 +42,7 @@ class LangBridge(lmms):
             dtype=dtype,
             trust_remote_code=trust_remote_code,
             attn_implementation=attn_implementation,
+            use_kernels=use_kernels,
         )
         self.batch_size_per_gpu = int(batch_size)
         self._rank, self._world_size = 0, 1
