@@ -286,7 +286,8 @@ def test_the_study_caches_each_run_and_summarises_every_seed(demo, tmp_path, cap
     assert main(command) == 0
     printed = capsys.readouterr().out
     assert "[study] 1/4 seed-3/none" in printed and "[study] 4/4 seed-4/softmax, about" in printed
-    assert "holds a run with other settings" not in printed
+    seed_3 = printed.split("[study] 1/4 seed-3/none")[1].split("[study] 2/4")[0]
+    assert "holds a run with other settings" not in seed_3 and seed_3.count(" cached (") == 26
     loaded = {name for name, _ in kernel_requests}
     assert {"LangBridgeForConditionalGeneration", "LlavaForConditionalGeneration"} <= loaded
     assert {"Qwen2ForCausalLM", "LlamaForCausalLM"} <= loaded  # the LLMs' text training and reading check
