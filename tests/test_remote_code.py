@@ -1,5 +1,8 @@
 """A saved folder works on a machine without this package: `trust_remote_code=True` loads its own copy
-of the model files. Checked in a fresh Python process where `import modeling_langbridge` fails."""
+of the model files. Checked in a fresh Python process where `import modeling_langbridge` fails, with this
+environment's transformers and with every other Python named in `LANGBRIDGE_REMOTE_CODE_PYTHONS` (paths separated by
+`os.pathsep`): inference engines install older transformers (vLLM 0.32: 5.16.1-5.19), and CI's serving stage points
+this at such an environment."""
 
 import json
 import os
@@ -26,6 +29,8 @@ REMOTE_SCRIPT = textwrap.dedent(
     import torch
     from PIL import Image
     from transformers import AutoModel, AutoModelForImageTextToText, AutoProcessor, pipeline
+
+    import transformers
 
     folder, images_dir = sys.argv[1], sys.argv[2]
     model = AutoModelForImageTextToText.from_pretrained(folder, trust_remote_code=True).eval()
@@ -54,6 +59,7 @@ REMOTE_SCRIPT = textwrap.dedent(
     batch_replies = chat(text=batch, max_new_tokens=5, return_full_text=False, batch_size=2)
 
     print(json.dumps({
+        "transformers": transformers.__version__,
         "classes": [type(o).__module__ for o in (model, processor, backbone)],
         "names": [type(o).__name__ for o in (model, processor, backbone)],
         "generated": generated.tolist(),
@@ -81,6 +87,9 @@ def test_folder_carries_remote_code_auto_map_and_a_model_card(qwen_clip_dir):
         "configuration_langbridge.py",
         "modeling_langbridge.py",
         "processing_langbridge.py",
+        "projection_langbridge.py",
+        "tiling_langbridge.py",
+        "compatibility_langbridge.py",
         "chat_template.jinja",
     ):
         assert (qwen_clip_dir / name).exists(), name
@@ -99,11 +108,21 @@ def test_folder_carries_remote_code_auto_map_and_a_model_card(qwen_clip_dir):
     assert "trust_remote_code=True" in card
 
 
-def test_folder_loads_and_generates_without_the_package(shipped_folder, tmp_path):
+def other_pythons() -> list:
+    """This environment's Python, then those of `LANGBRIDGE_REMOTE_CODE_PYTHONS` (or a skipped row saying how)."""
+    named = [path for path in os.environ.get("LANGBRIDGE_REMOTE_CODE_PYTHONS", "").split(os.pathsep) if path]
+    if not named:
+        reason = "no other transformers named: set LANGBRIDGE_REMOTE_CODE_PYTHONS to their Pythons (.ci/serve does)"
+        return [pytest.param(None, id="other-transformers", marks=pytest.mark.skip(reason=reason))]
+    return [pytest.param(path, id=path) for path in named]
+
+
+@pytest.mark.parametrize("python", [pytest.param(sys.executable, id="this-environment"), *other_pythons()])
+def test_folder_loads_and_generates_without_the_package(shipped_folder, tmp_path, python):
     folder, images = shipped_folder
     env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules_cache"), HF_HUB_OFFLINE="1")
     result = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(images)],
+        [python, "-c", REMOTE_SCRIPT, str(folder), str(images)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -113,6 +132,8 @@ def test_folder_loads_and_generates_without_the_package(shipped_folder, tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
 
+    if python != sys.executable:
+        print(f"remote code ran on transformers {report['transformers']} ({python})")
     assert all(module.startswith("transformers_modules") for module in report["classes"]), report["classes"]
     assert report["names"] == ["LangBridgeForConditionalGeneration", "LangBridgeProcessor", "LangBridgeModel"]
     assert set(report["replies"]) == {"RGB", "RGBA", "L", "P"}

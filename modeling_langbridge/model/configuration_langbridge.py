@@ -7,8 +7,8 @@ from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
-from transformers.configuration_utils import SubConfigSpec
 
+from .compatibility_langbridge import SubConfigSpec
 from .tiling_langbridge import check_tiling
 
 # CLIP ViT-L/14-336, the vision tower of LLaVA-1.5 and of the LangBridge paper.
@@ -37,6 +37,23 @@ QWEN2_0_5B = {
     "bos_token_id": 151643,
     "eos_token_id": 151645,
 }
+
+
+# Each sub-config: the model type assumed when a dict names none, and the defaults when none is given.
+SUB_CONFIG_DEFAULTS = {
+    "vision_config": ("clip_vision_model", CLIP_VIT_L_336),
+    "text_config": ("qwen2", QWEN2_0_5B),
+}
+
+
+def built_sub_config(value: dict | PreTrainedConfig | None, model_type: str, defaults: dict) -> PreTrainedConfig:
+    """A sub-config from what was given, as `SubConfigSpec` builds it on transformers that have it (>= 5.24)."""
+    if isinstance(value, PreTrainedConfig):
+        return value
+    from transformers import CONFIG_MAPPING
+
+    value = dict(defaults) if value is None else dict(value)
+    return CONFIG_MAPPING[value.get("model_type", model_type)](**value)
 
 
 def vocabulary_entry_ids(entry: int | list[int]) -> list[int]:
@@ -84,12 +101,13 @@ class LangBridgeConfig(PreTrainedConfig):
     """
 
     model_type = "langbridge"
-    sub_configs_defaults = {
-        "vision_config": SubConfigSpec(
-            config_class=AutoConfig, model_type="clip_vision_model", init_kwargs=CLIP_VIT_L_336
-        ),
-        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2", init_kwargs=QWEN2_0_5B),
-    }
+    if SubConfigSpec is not None:
+        sub_configs_defaults = {
+            key: SubConfigSpec(config_class=AutoConfig, model_type=model_type, init_kwargs=defaults)
+            for key, (model_type, defaults) in SUB_CONFIG_DEFAULTS.items()
+        }
+    else:  # transformers < 5.24: declared by class, built in `__post_init__`
+        sub_configs = dict.fromkeys(SUB_CONFIG_DEFAULTS, AutoConfig)
 
     vision_config: dict | PreTrainedConfig | None = None
     text_config: dict | PreTrainedConfig | None = None
@@ -112,6 +130,9 @@ class LangBridgeConfig(PreTrainedConfig):
     language_model_name_or_path: str | None = None
 
     def __post_init__(self, **kwargs):
+        if SubConfigSpec is None:
+            for key, (model_type, defaults) in SUB_CONFIG_DEFAULTS.items():
+                setattr(self, key, built_sub_config(getattr(self, key), model_type, defaults))
         super().__post_init__(**kwargs)
         # Like LLaVA: the LLM decides whether its output head shares the input embeddings.
         if not self.tie_word_embeddings and getattr(self.text_config, "tie_word_embeddings", False):

@@ -26,18 +26,17 @@ from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.processing_utils import Unpack
+from transformers.utils.generic import TransformersKwargs, can_return_tuple
 
-try:  # the multimodal outputs and the `cache` argument came with transformers 5.24
-    from transformers.modeling_outputs import MultimodalBaseModelOutputWithPast, MultimodalCausalLMOutputWithPast
-except ImportError as error:
-    raise ImportError(
-        "LangBridge models need transformers >= 5.24 (its multimodal outputs and `cache` argument); "
-        "upgrade with `pip install -U 'transformers>=5.24,<6'`."
-    ) from error
-from transformers.modeling_utils import slice_logits_to_keep
-from transformers.utils.deprecation import deprecate_kwarg
-from transformers.utils.generic import can_return_tuple
-
+from .compatibility_langbridge import (
+    CACHE_ARGUMENT,
+    MultimodalBaseModelOutputWithPast,
+    MultimodalCausalLMOutputWithPast,
+    accepts_cache_argument,
+    cache_of,
+    slice_logits_to_keep,
+)
 from .configuration_langbridge import LangBridgeConfig, vocabulary_entry_ids
 from .projection_langbridge import (
     FoldedCache,
@@ -89,6 +88,15 @@ def hub_kernels_wanted(use_kernels: bool | None = None) -> bool:
     return not huggingface_hub.is_offline_mode()
 
 
+def prefill_without_images_check(cache: Cache | None) -> bool:
+    """Whether to look for `<image>` placeholders that no image fills: at prefill (an empty cache), in eager mode.
+    A decode step may generate the placeholder's id, and a compiled step cannot branch on tensor data, so neither
+    looks (that keeps the decode step one graph, as transformers' static-cache and compiled generation need)."""
+    if torch.compiler.is_compiling():
+        return False
+    return cache is None or cache.get_seq_length() == 0
+
+
 class LangBridgeProjector(nn.Module):
     """Vision features -> coefficients over the shared vocabulary -> the same mix of the LLM's embeddings.
 
@@ -133,13 +141,17 @@ class LangBridgeProjector(nn.Module):
     def hidden_states(self, image_features: torch.Tensor) -> torch.Tensor:
         """`Linear(Dv, H) -> act -> Linear(H, H)`: the [..., H] input of the vocabulary layer."""
         # The projector may be kept in another dtype than the tower (e.g. float32 in a bf16 QLoRA run).
-        image_features = image_features.to(self.linear_1.weight.dtype)
+        if reads_parameters(self.linear_1):
+            image_features = image_features.to(self.linear_1.weight.dtype)
         return self.linear_2(self.act(self.linear_1(image_features)))
 
     def coefficients(self, image_features: torch.Tensor) -> torch.Tensor:
         """Per visual token, the weight of each shared-vocabulary token: [..., T]. Computed only when asked
         (interpretation); the forward pass never forms them."""
-        logits = self.vocab_proj(self.hidden_states(image_features))
+        return self.activated(self.vocab_proj(self.hidden_states(image_features)))
+
+    def activated(self, logits: torch.Tensor) -> torch.Tensor:
+        """The coefficients from the vocabulary layer's logits (float32 when `combine_in_float32`)."""
         if self.combine_in_float32:
             logits = logits.float()
         return logits.softmax(dim=-1) if self.coefficient_activation == "softmax" else logits
@@ -173,7 +185,10 @@ class LangBridgeProjector(nn.Module):
             return self.combine(hidden, embed_tokens, dtype)
 
     def combine(self, hidden: torch.Tensor, embed_tokens: nn.Module, dtype: torch.dtype) -> torch.Tensor:
-        """`coefficients(hidden) @ E` computed in `dtype`, without forming the coefficients."""
+        """`coefficients(hidden) @ E` computed in `dtype`, without forming the coefficients where the vocabulary
+        layer's parameters can be read; by calling the layer where they cannot (`reads_parameters`)."""
+        if not reads_parameters(self.vocab_proj):
+            return self.combine_by_calling(hidden, embed_tokens, dtype)
         weight, bias = self.vocab_proj.weight.to(dtype), self.vocab_proj.bias.to(dtype)
         if self.coefficient_activation == "softmax":
             embeddings = self.vocab_embeddings(embed_tokens)
@@ -206,6 +221,24 @@ class LangBridgeProjector(nn.Module):
         mixed, shift, embeddings_dtype = self.folded_cache.get(sources, fold) if cacheable else fold()
         return linear_combination(hidden.to(dtype), mixed, shift).to(embeddings_dtype)
 
+    def combine_by_calling(self, hidden: torch.Tensor, embed_tokens: nn.Module, dtype: torch.dtype) -> torch.Tensor:
+        """The literal `activation(vocab_proj(hidden)) @ E`, calling the layer: for layers whose parameters are held
+        in another form (an inference engine's, quantized, sharded), at the cost of [tokens x T] coefficients."""
+        embeddings = self.vocab_embeddings(embed_tokens)
+        coefficients = self.activated(self.vocab_proj(hidden))
+        return (coefficients.to(dtype) @ embeddings.to(dtype)).to(embeddings.dtype)
+
+
+def reads_parameters(layer: nn.Module) -> bool:
+    """Whether a forward may read this layer's `weight` and `bias` directly instead of calling it: only for a plain
+    `nn.Linear` whose weight has its full shape. An inference engine replaces linear layers with its own (vLLM's CPU
+    build packs the weight for oneDNN and leaves `weight` empty), quantized layers hold packed weights, and ZeRO-3
+    keeps a layer's weight empty until the layer itself runs: all of these must be called."""
+    if type(layer) is not nn.Linear:
+        return False
+    weight = layer.weight
+    return tuple(weight.shape) == (layer.out_features, layer.in_features) and weight.device.type != "meta"
+
 
 class VisualTokensMixin:
     """`image_hidden_states`: the visual tokens given to the LLM, all images concatenated [tokens, D]. The same
@@ -234,11 +267,21 @@ class LangBridgePreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _skip_keys_device_placement = ["cache"]
+    _skip_keys_device_placement = [CACHE_ARGUMENT]
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    _can_compile_fullgraph = True  # the decode step is one graph (see `prefill_without_images_check`)
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        """False, though these classes live outside transformers: transformers skips the initialisation of modules
+        without parameters of their own in custom code (it cannot know whether such code initialised them), and
+        that skips the vision tower's own scheme (CLIP sets its attention and MLP weights from those modules), so
+        weights missing from a checkpoint would get the generic one. LangBridge initialises only through
+        `transformers.initialization`, as transformers' own models do."""
+        return False
 
     @classmethod
     def from_pretrained(cls, *args, use_kernels: bool | None = None, **kwargs):
@@ -293,6 +336,17 @@ class LangBridgeModel(LangBridgePreTrainedModel):
         **kwargs,
     ) -> torch.Tensor:
         """The vision tower's features that feed the projector: [images, patches, Dv * layers]."""
+        return self.encode_images(pixel_values, vision_feature_layer, vision_feature_select_strategy, **kwargs)[0]
+
+    def encode_images(
+        self,
+        pixel_values: torch.Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, BaseModelOutputWithPooling]:
+        """The projector's input features and the tower's own outputs (with every hidden state: the selected layers
+        are among them)."""
         layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
         strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
         layers = [layer] if isinstance(layer, int) else list(layer)
@@ -301,17 +355,21 @@ class LangBridgeModel(LangBridgePreTrainedModel):
         selected = [outputs.hidden_states[i] for i in layers]
         if strategy == "default":
             selected = [hidden[:, 1:] for hidden in selected]
-        return torch.cat(selected, dim=-1)
+        return torch.cat(selected, dim=-1), outputs
 
+    @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
         image_sizes: torch.Tensor | list | None = None,
         vision_feature_layer: int | list[int] | None = None,
         vision_feature_select_strategy: str | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPooling:
-        """Visual tokens per image (`pooler_output`, a list), ready for the placeholder positions.
+        """Visual tokens per image (`pooler_output`, a list), ready for the placeholder positions, with the vision
+        tower's outputs as LLaVA gives them: its `last_hidden_state`, and its `hidden_states` and `attentions` when
+        asked (`output_hidden_states`, `output_attentions`); a tuple with `return_dict=False`.
 
         Tiled models (`config.image_grid_pinpoints`) take `pixel_values` [images, views, C, H, W] (views padded to the
         batch's largest) or [views, C, H, W], and `image_sizes` [images, 2], each image's original (height, width):
@@ -320,28 +378,32 @@ class LangBridgeModel(LangBridgePreTrainedModel):
         """
         if pixel_values.shape[0] == 0:  # text only: the processor's 0-row pixel_values (so pipeline batches can mix)
             return BaseModelOutputWithPooling(last_hidden_state=pixel_values, pooler_output=[])
-        if not self.config.tiling:
-            features = self.get_vision_features(
-                pixel_values, vision_feature_layer, vision_feature_select_strategy, **kwargs
-            )
-            visual_tokens = self.multi_modal_projector(features, self.get_input_embeddings())
-            return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=list(visual_tokens))
-
-        layouts = self.tiled_layouts(image_sizes, pixel_values)
-        views = [layout["views"] for layout in layouts]
-        if pixel_values.dim() == 5:  # [images, views padded to the largest, C, H, W]: drop the padding views
-            pixel_values = torch.cat([image[:count] for image, count in zip(pixel_values, views)], dim=0)
-        elif pixel_values.shape[0] != sum(views):
-            raise ValueError(
-                f"pixel_values hold {pixel_values.shape[0]} views but the image_sizes give {sum(views)} (base view + tiles "
-                "per image); build both with this model's processor."
-            )
-        features = self.get_vision_features(
+        layouts = self.tiled_layouts(image_sizes, pixel_values) if self.config.tiling else None
+        if layouts is not None:
+            views = [layout["views"] for layout in layouts]
+            if pixel_values.dim() == 5:  # [images, views padded to the largest, C, H, W]: drop the padding views
+                pixel_values = torch.cat([image[:count] for image, count in zip(pixel_values, views)], dim=0)
+            elif pixel_values.shape[0] != sum(views):
+                raise ValueError(
+                    f"pixel_values hold {pixel_values.shape[0]} views but the image_sizes give {sum(views)} (base view + "
+                    "tiles per image); build both with this model's processor."
+                )
+        features, tower_outputs = self.encode_images(
             pixel_values, vision_feature_layer, vision_feature_select_strategy, **kwargs
         )
         visual_tokens = self.multi_modal_projector(features, self.get_input_embeddings())
-        packed = self.pack_image_features(list(visual_tokens.split(views)), layouts)
-        return BaseModelOutputWithPooling(last_hidden_state=features, pooler_output=packed)
+        if layouts is None:
+            pooled = list(visual_tokens)
+        else:
+            pooled = self.pack_image_features(list(visual_tokens.split(views)), layouts)
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return BaseModelOutputWithPooling(
+            last_hidden_state=tower_outputs.last_hidden_state,
+            pooler_output=pooled,
+            hidden_states=tower_outputs.hidden_states if output_hidden_states else None,
+            attentions=tower_outputs.attentions,
+        )
 
     def tiled_layouts(self, image_sizes, pixel_values: torch.Tensor) -> list[dict]:
         """Each image's tiling (`tiling_langbridge.tiled_layout`) from its original size."""
@@ -436,7 +498,7 @@ class LangBridgeModel(LangBridgePreTrainedModel):
         )
 
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @accepts_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -449,7 +511,7 @@ class LangBridgeModel(LangBridgePreTrainedModel):
         vision_feature_select_strategy: str | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         image_sizes: torch.LongTensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LangBridgeModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
@@ -469,6 +531,7 @@ class LangBridgeModel(LangBridgePreTrainedModel):
                 image_sizes=image_sizes,
                 vision_feature_layer=vision_feature_layer,
                 vision_feature_select_strategy=vision_feature_select_strategy,
+                return_dict=True,
             )
 
         placeholder_mask = self.get_placeholder_mask(input_ids, inputs_embeds)
@@ -477,7 +540,7 @@ class LangBridgeModel(LangBridgePreTrainedModel):
             self.check_placeholders(placeholder_mask, visual_tokens)
             image_tokens = torch.cat(list(visual_tokens), dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
             inputs_embeds = inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), image_tokens)
-        elif placeholder_mask.any() and (cache is None or cache.get_seq_length() == 0):
+        elif prefill_without_images_check(cache) and placeholder_mask.any():
             raise ValueError(
                 f"input_ids hold {int(placeholder_mask.sum())} <image> placeholder tokens but no image was given. "
                 "Pass pixel_values from the LangBridge processor, or remove the <image> placeholders for text-only input."
@@ -486,8 +549,8 @@ class LangBridgeModel(LangBridgePreTrainedModel):
         outputs = self.language_model(
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=cache,
             inputs_embeds=inputs_embeds,
+            **{CACHE_ARGUMENT: cache},
             **kwargs,
         )
         return LangBridgeModelOutputWithPast(**outputs, image_outputs=image_outputs)
@@ -497,6 +560,9 @@ class LangBridgeForConditionalGeneration(LangBridgePreTrainedModel, GenerationMi
     """LangBridge with the LM head: chat, generation with KV cache, and a loss that skips image and padding."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # Tensor parallel: the LLM's own plan shards its layers and the (often tied) embeddings by vocabulary rows; the head
+    # is sharded the same way and its logits gathered, as LLaVA does.
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: LangBridgeConfig):
         super().__init__(config)
@@ -520,7 +586,7 @@ class LangBridgeForConditionalGeneration(LangBridgePreTrainedModel, GenerationMi
         return self.model.get_image_features(pixel_values, **kwargs)
 
     @can_return_tuple
-    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
+    @accepts_cache_argument
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -535,7 +601,7 @@ class LangBridgeForConditionalGeneration(LangBridgePreTrainedModel, GenerationMi
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         image_sizes: torch.LongTensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> LangBridgeCausalLMOutputWithPast:
         outputs = self.model(
             input_ids=input_ids,
@@ -563,20 +629,19 @@ class LangBridgeForConditionalGeneration(LangBridgePreTrainedModel, GenerationMi
         return LangBridgeCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             image_outputs=outputs.image_outputs,
+            **{CACHE_ARGUMENT: cache_of(outputs)},
         )
 
-    def prepare_inputs_for_generation(
-        self, input_ids, cache: Cache | None = None, is_first_iteration: bool | None = False, **kwargs
-    ):
+    def prepare_inputs_for_generation(self, input_ids, is_first_iteration: bool | None = False, **kwargs):
         # As the draft model of assisted decoding, `generate` never flags the first call as the first iteration, so
         # the images would be dropped while the prompt still holds their placeholders. A call on an empty cache is a
-        # prefill: it gets the images.
+        # prefill: it gets the images. (The cache comes as `cache`, or `past_key_values` before transformers 5.24.)
+        cache = kwargs.get(CACHE_ARGUMENT)
         prefill = bool(is_first_iteration) or cache is None or cache.get_seq_length() == 0
-        return super().prepare_inputs_for_generation(input_ids, cache=cache, is_first_iteration=prefill, **kwargs)
+        return super().prepare_inputs_for_generation(input_ids, is_first_iteration=prefill, **kwargs)
 
     def mask_untrainable_labels(
         self, labels: torch.LongTensor, attention_mask: torch.Tensor | None
