@@ -123,3 +123,61 @@ def test_bfloat16_model_combines_in_float32_like_the_official_code():
     got = projector(features.bfloat16(), embedding)
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got.float(), expected, rtol=0.05, atol=0.05)
+
+
+class PackedLinear(nn.Module):
+    """A linear layer as vLLM's CPU build leaves it in a served model: it computes `x W^T + b` when called, but its
+    `weight` is an empty tensor (the real one is packed for oneDNN elsewhere)."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("packed", linear.weight.detach().T.contiguous())
+        self.weight = nn.Parameter(torch.empty(0), requires_grad=False)
+        self.bias = nn.Parameter(linear.bias.detach().clone())
+
+    def forward(self, x):
+        return torch.addmm(self.bias, x.reshape(-1, x.shape[-1]), self.packed).reshape(*x.shape[:-1], -1)
+
+
+@pytest.mark.parametrize("activation", ["none", "softmax"])
+@pytest.mark.parametrize("layers", ["packed like an engine's", "weight gathered only when called (ZeRO-3)"])
+def test_layers_whose_weights_cannot_be_read_are_called_and_give_the_same_visual_tokens(activation, layers):
+    """The fast paths read the vocabulary layer's weight; an inference engine's, a quantized or a ZeRO-3 layer holds
+    it in another form. Those are called instead, and the visual tokens are the same."""
+    from modeling_langbridge.model.modeling_langbridge import reads_parameters
+
+    torch.manual_seed(0)
+    projector = LangBridgeProjector(config(activation)).eval()
+    embedding = nn.Embedding(64, 24)
+    features = torch.randn(2, 300, 16)  # enough tokens for the fold to pay (the fast path reads the weight)
+    with torch.no_grad():
+        expected = projector(features, embedding)
+    assert all(reads_parameters(layer) for layer in (projector.linear_1, projector.linear_2, projector.vocab_proj))
+
+    for name in ("linear_1", "linear_2", "vocab_proj"):
+        layer = getattr(projector, name)
+        if layers.startswith("packed"):
+            setattr(projector, name, PackedLinear(layer))
+        else:
+            partition_like_zero3(layer)
+    assert not reads_parameters(projector.vocab_proj)
+    with torch.no_grad():
+        got = projector(features, embedding)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def partition_like_zero3(layer: nn.Linear) -> None:
+    """Leave the weight empty except while the layer itself runs, as DeepSpeed ZeRO-3 does with a partitioned
+    parameter (gathered by a hook before the module's forward, released after)."""
+    full = layer.weight.data.clone()
+    layer.weight.data = full.flatten()[:0]
+
+    def gather(module, args):
+        module.weight.data = full
+
+    def release(module, args, output):
+        module.weight.data = full.flatten()[:0]
+
+    layer.register_forward_pre_hook(gather)
+    layer.register_forward_hook(release)
