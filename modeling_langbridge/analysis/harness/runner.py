@@ -107,8 +107,11 @@ class HarnessRunner:
         replies = self.tokenizer.batch_decode(output[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
         return [cut_at_stops(reply, stops or []).strip() for reply in replies]
 
-    def loglikelihood(self, context: str, continuation: str, visuals: list[Image.Image]) -> tuple[float, bool]:
-        """Sum of log-probabilities of `continuation` after `context`, and whether greedy decoding gives it."""
+    def continuation_log_probs(
+        self, context: str, continuation: str, visuals: list[Image.Image]
+    ) -> tuple[torch.Tensor, bool]:
+        """The log-probability of each token of `continuation` after `context` (the chat prompt around it), and
+        whether greedy decoding gives the whole continuation."""
         images = [image.convert("RGB") for image in visuals]
         text = self.prompt(context, len(images))
         prompt = self.inputs([text], images)
@@ -117,6 +120,11 @@ class HarnessRunner:
         with torch.no_grad():
             logits = self.model(**full).logits[0, start - 1 : -1].float()
         targets = full["input_ids"][0, start:]
-        log_probs = torch.log_softmax(logits, dim=-1)
-        total = log_probs.gather(-1, targets[:, None]).sum().item()
-        return total, bool((logits.argmax(-1) == targets).all())
+        log_probs = torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
+        return log_probs, bool((logits.argmax(-1) == targets).all())
+
+    def loglikelihood(self, context: str, continuation: str, visuals: list[Image.Image]) -> tuple[float, bool]:
+        """Sum of log-probabilities of `continuation` after `context` (higher is likelier, lm-eval's convention),
+        and whether greedy decoding gives it. lmms-eval's plugin turns this into a loss: see `models/langbridge.py`."""
+        log_probs, greedy = self.continuation_log_probs(context, continuation, visuals)
+        return log_probs.sum().item(), greedy

@@ -1,7 +1,9 @@
 """lmms-eval finds the model here in two ways:
 
-- the `lmms_eval.models` entry point in pyproject.toml (lmms-eval >= 0.7) calls `manifest()`;
-- the older hook, `LMMS_EVAL_PLUGINS=modeling_langbridge.analysis.harness`, reads `AVAILABLE_MODELS`.
+- the `lmms_eval.models` entry point in pyproject.toml (lmms-eval >= 0.7; 0.7.3 is the version tested) calls
+  `manifest()`;
+- the older hook, `LMMS_EVAL_PLUGINS=modeling_langbridge.analysis.harness`, reads `AVAILABLE_MODELS` (kept for older
+  lmms-eval versions, which are not tested).
 
 Either way `--model langbridge` resolves to `modeling_langbridge.analysis.harness.models.langbridge.LangBridge`.
 """
