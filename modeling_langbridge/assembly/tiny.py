@@ -144,9 +144,11 @@ def save_qwen2_style_llm(
     num_layers: int = 2,
     seed: int = 0,
     tie_word_embeddings: bool = True,
+    initializer_range: float = 0.02,
 ) -> Path:
     """A small Qwen2 causal LM with a byte-level BPE tokenizer, saved as a transformers folder. Ties its output
-    head to its embeddings by default, as Qwen2-0.5B does."""
+    head to its embeddings by default, as Qwen2-0.5B does. A larger `initializer_range` than transformers' 0.02 gives
+    an untrained model whose greedy tokens vary with its input (at 0.02 they are one token over and over)."""
     tokenizer = tokenizer or byte_level_bpe_tokenizer(tiny_corpus())
     config = Qwen2Config(
         vocab_size=len(tokenizer),
@@ -159,6 +161,7 @@ def save_qwen2_style_llm(
         tie_word_embeddings=tie_word_embeddings,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+        initializer_range=initializer_range,
     )
     return _save_llm(Qwen2ForCausalLM, config, tokenizer, folder, seed)
 
