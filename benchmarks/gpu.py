@@ -9,7 +9,8 @@ at toy sizes, so CI checks that it works; its numbers mean nothing.
     autocast, both activations, E trained and frozen, at 2,048 and 18,432 tokens;
   * training steps (SFT: LLM + connector; stage 1: connector only), AdamW, the loss either the model's own
     (full logits) or TRL's fused LM head (the recipes' loss: no [tokens x vocabulary] logits);
-  * greedy generation with bf16 weights, one image + 32 prompt tokens, 128 new tokens, batch 1 and 16.
+  * greedy generation with bf16 weights, one image + 32 prompt tokens, 128 new tokens, batch 1 and 16;
+  * the same at batch 1, eager against transformers' compiled decode step (static cache, fullgraph), both models.
 
 Times are medians over `--steps` after warm-up (CUDA synchronised); peak = `torch.cuda.max_memory_allocated`
 with only that side's model alive. `--alternate` sets all training sides up at once and steps them in turn (a
@@ -17,7 +18,8 @@ drift of the GPU's clocks then falls on every side alike); a side's peak is then
 the most its step allocates. Ratios are LangBridge / LLaVA (time, memory) and LLaVA / LangBridge for
 generation speed (higher is better).
 
-    python -m benchmarks.gpu [--out DIR] [--small] [--steps 8] [--sections projection training generation] [--alternate]
+    python -m benchmarks.gpu [--out DIR] [--small] [--steps 8] [--sections projection training generation decode]
+                             [--alternate]
 """
 
 import argparse
@@ -53,6 +55,7 @@ class Sizes:
     generation_batches: tuple = (1, 16)
     prompt_tokens: int = 32
     new_tokens: int = 128
+    decode_tokens: int = 128  # the decode section's new tokens
 
     @property
     def patches(self) -> int:
@@ -80,6 +83,7 @@ SMALL = Sizes(
     generation_batches=(1, 2),
     prompt_tokens=8,
     new_tokens=8,
+    decode_tokens=32,  # enough steps that the decode step, not the prefill, is what is timed
 )
 
 
@@ -437,6 +441,63 @@ def generation_section(sizes: Sizes, device, steps: int) -> list[dict]:
     return rows
 
 
+def decode_section(sizes: Sizes, device, steps: int) -> dict:
+    """Greedy generation at batch 1, eager (dynamic cache) against transformers' compiled decode step (static cache,
+    `CompileConfig(fullgraph=True)`: one graph per step or an error), LLaVA and LangBridge on the same parts. The
+    first compiled call compiles (warm-up); the tokens of both modes are compared."""
+    from transformers import CompileConfig
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    row = {}
+    for kind in ("llava", "langbridge-none"):
+        model, image_token = build(kind, sizes, device, dtype)
+        model.eval()
+        model.generation_config.pad_token_id = 0
+        inputs = training_batch(image_token, sizes, device, batch=1, text_tokens=sizes.prompt_tokens)
+        inputs.pop("labels")
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        compiled = CompileConfig(fullgraph=True, dynamic=False)
+        compiled._compile_all_devices = True  # transformers compiles on accelerators only unless told so
+        modes = {"eager": {}, "compiled": {"cache_implementation": "static", "compile_config": compiled}}
+        sides, tokens = {}, {}
+        for mode, extra in modes.items():
+
+            def step(model=model, inputs=inputs, extra=extra, mode=mode, tokens=tokens):
+                with torch.no_grad():
+                    out = model.generate(
+                        **inputs,
+                        **extra,
+                        max_new_tokens=sizes.decode_tokens,
+                        min_new_tokens=sizes.decode_tokens,
+                        do_sample=False,
+                    )
+                tokens[mode] = out[0, inputs["input_ids"].shape[1] :].tolist()
+
+            sides[mode] = measure(step, device, max(3, steps), warmup=3)  # compiling takes the first two calls
+            sides[mode]["tokens_per_second"] = sizes.decode_tokens / sides[mode]["seconds"]
+        sides["compiled_speedup"] = sides["compiled"]["tokens_per_second"] / sides["eager"]["tokens_per_second"]
+        sides["same_tokens"] = tokens["compiled"] == tokens["eager"]
+        row[kind] = sides
+        print(
+            f"  {kind:16s} eager {sides['eager']['tokens_per_second']:.1f}, compiled "
+            f"{sides['compiled']['tokens_per_second']:.1f} tokens/s -> {sides['compiled_speedup']:.2f}x "
+            f"(same tokens: {sides['same_tokens']})",
+            flush=True,
+        )
+        del model, step
+        release(device)
+    for mode in ("eager", "compiled"):
+        row[f"{mode}_speed_ratio"] = (
+            row["langbridge-none"][mode]["tokens_per_second"] / row["llava"][mode]["tokens_per_second"]
+        )
+    print(
+        f"  LangBridge / LLaVA tokens/s: eager {row['eager_speed_ratio']:.2f}x, compiled "
+        f"{row['compiled_speed_ratio']:.2f}x",
+        flush=True,
+    )
+    return row
+
+
 def describe(device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, CUDA {torch.version.cuda}"
@@ -453,8 +514,8 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--sections",
         nargs="+",
-        default=["projection", "training", "generation"],
-        choices=["projection", "training", "generation"],
+        default=["projection", "training", "generation", "decode"],
+        choices=["projection", "training", "generation", "decode"],
     )
     parser.add_argument(
         "--alternate",
@@ -481,7 +542,12 @@ def main(argv=None) -> dict:
         f"{'toy sizes' if sizes is SMALL else 'paper sizes'}; medians of {args.steps} steps",
         flush=True,
     )
-    sections = {"projection": projection_section, "training": training_section, "generation": generation_section}
+    sections = {
+        "projection": projection_section,
+        "training": training_section,
+        "generation": generation_section,
+        "decode": decode_section,
+    }
     for name in args.sections:
         started = time.perf_counter()
         print(f"[{name}]", flush=True)

@@ -40,3 +40,6 @@ def test_gpu_benchmark_runs_at_toy_sizes_and_writes_every_ratio(tmp_path):
         assert saved["training"][stage]["llava/model"]["time_ratio"] == 1.0
     assert [row["batch"] for row in saved["generation"]] == [1, 2]
     assert all(row["speed_ratio"] > 0 for row in saved["generation"])
+    for kind in ("llava", "langbridge-none"):  # the compiled decode step gives eager's tokens, for both models
+        assert saved["decode"][kind]["same_tokens"] is True and saved["decode"][kind]["compiled_speedup"] > 0
+    assert saved["decode"]["compiled_speed_ratio"] > 0
