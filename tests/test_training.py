@@ -378,8 +378,14 @@ def test_torchrun_two_processes_train_identical_replicas(pretrained, world, tmp_
 
 @pytest.mark.slow
 def test_deepspeed_zero3_trains_with_partitioned_weights(pretrained, world, tmp_path):
-    """ZeRO-3 keeps each weight partitioned outside its module's call; the projector reads W and b for the fold
-    and E through the embedding module, so both must be gathered for it. DeepSpeed runs on CPU (gloo) here."""
+    """ZeRO-3 keeps every weight partitioned (empty) except while it is in use. Inside the engine's forward, which
+    is how training runs, DeepSpeed gathers a partitioned parameter as soon as a forward reads it and registers it
+    with the module running, which gathers it on its later calls too: in training the projector finds `vocab_proj`'s
+    weight whole, reads W and b for the fold and gets E by calling the embedding module. Outside the engine's forward
+    (the model called directly, as `generate` calls it) and before any training step, only a called module gathers its
+    own weights: `vocab_proj`'s weight is empty, so the projector must call the layer (`reads_parameters` false,
+    `combine_by_calling`). The probe computes visual tokens that way before training; they must equal the unsharded
+    model's. DeepSpeed runs on CPU (gloo) here."""
     pytest.importorskip("deepspeed")
     zero3 = {
         "zero_optimization": {
@@ -410,6 +416,15 @@ def test_deepspeed_zero3_trains_with_partitioned_weights(pretrained, world, tmp_
     changes = changed(parameters(pretrained), parameters(tmp_path / "out"))  # the gathered 16-bit save
     assert "model.multi_modal_projector.vocab_proj.weight" in changes
     assert not any(name.startswith("model.vision_tower.") for name in changes)
+
+    partitioned = torch.load(tmp_path / "out" / "zero3-visual-tokens.pt", weights_only=True)
+    assert partitioned["weight_numel_outside_forward"] == 0  # partitioned away
+    assert partitioned["vocab_proj_calls"] == 1  # so the projector called the layer instead of reading it
+    with torch.no_grad():
+        whole = AutoModelForImageTextToText.from_pretrained(pretrained).model.get_image_features(
+            pixel_values=partitioned["pixel_values"]
+        )
+    torch.testing.assert_close(partitioned["visual_tokens"], whole.pooler_output[0], rtol=1e-4, atol=1e-5)
 
 
 def test_llava_json_in_the_official_layouts_reads_as_chat_samples(tmp_path):

@@ -285,7 +285,9 @@ class FoldedCache:
 
     @staticmethod
     def key_of(tensors) -> tuple:
-        return tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in tensors)
+        # A sharded (DTensor) parameter reports no storage of its own: its local shard's stands for it.
+        local = [getattr(t, "_local_tensor", t) for t in tensors]
+        return tuple((t.data_ptr(), t._version, t.dtype, t.device, tuple(t.shape)) for t in local)
 
     def get(self, tensors, build):
         key = self.key_of(tensors)
