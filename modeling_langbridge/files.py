@@ -1,5 +1,11 @@
-"""Writing output folders whole or not at all, and reading weights from saved checkpoints."""
+"""Writing output folders whole or not at all, and reading weights from saved checkpoints.
 
+A failure of the disk or the permissions while writing (a full disk, a read-only file system) is said as that,
+with the output's path, and leaves nothing half-written; `check_writable` refuses what can be foreseen before any
+work starts, `check_free_space` a save that cannot fit before its first byte.
+"""
+
+import errno
 import json
 import os
 import pickle
@@ -13,7 +19,15 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError, safe_open
 
-from .errors import LangBridgeUsageError, damaged_safetensors_error, pickled_weights_error
+from .errors import (
+    LangBridgeResourceError,
+    LangBridgeUsageError,
+    damaged_safetensors_error,
+    format_bytes,
+    free_space,
+    pickled_weights_error,
+    resource_error,
+)
 
 # Scratch folders and files being written now: removed if the process is told to stop (SIGTERM, as schedulers
 # send), so no `.NAME.partial-*` is left behind; normal errors remove them through the `finally` blocks.
@@ -62,17 +76,89 @@ def scratch_path(path: Path):
 
 
 @contextmanager
+def writing(out: str | Path, scratch: Path | None = None):
+    """Say a failure of the disk or the permissions while writing `out` as that, with `out`'s path (never as a
+    damaged file, which is how safetensors words a full disk). An error about another path passes unchanged."""
+    try:
+        yield
+    except LangBridgeResourceError:
+        raise
+    except (OSError, SafetensorError) as error:
+        failing = getattr(error, "filename", None)
+        ours = failing is None or any(
+            str(failing).startswith(str(p)) for p in (out, scratch, Path(out).parent) if p is not None
+        )
+        translated = resource_error(out, error, "write") if ours else None
+        if translated is None:
+            raise
+        raise translated from error
+
+
+def check_output_folder(out: str | Path) -> Path:
+    """An output folder must be new or empty: refuse a file, or a folder that holds files."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise LangBridgeUsageError(f"{out} is a file, not a folder; give a new folder to save in.")
+    if out.is_dir() and any(out.iterdir()):
+        raise LangBridgeUsageError(f"{out} already exists and is not empty; choose another output folder or remove it.")
+    return out
+
+
+@contextmanager
 def atomic_folder(out: str | Path):
     """Yield a scratch folder next to `out`; it becomes `out` only if the block finishes without error."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out} already exists and is not empty; choose another output folder or remove it.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with scratch_path(Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))) as scratch:
-        yield scratch
-        if out.exists():
-            out.rmdir()
-        scratch.rename(out)
+    out = check_output_folder(out)
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with scratch_path(Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))) as scratch:
+            with writing(out, scratch):
+                yield scratch
+                if out.exists():
+                    out.rmdir()
+                scratch.rename(out)
+
+
+def check_writable(path: str | Path, kind: str = "file", flag: str | None = None) -> Path:
+    """Refuse, before any work, an output that cannot be written: an output folder that is a file or holds files
+    (`kind="folder"`), a folder given for a file, a path through a file, a place on a read-only file system or one
+    this user may not write in. `flag` names the option it came from."""
+    path = Path(path).expanduser()
+    named = f"{path} ({flag})" if flag else str(path)
+    if kind == "folder":
+        check_output_folder(path)
+    elif path.is_dir():
+        raise LangBridgeUsageError(f"{named} is a folder; give a file name to write to.")
+    place = path.parent.absolute()
+    while not place.exists() and place != place.parent:
+        place = place.parent
+    if not place.is_dir():
+        raise LangBridgeResourceError(
+            f"cannot write {named}: {place} is a file, not a folder; give a path under a folder.",
+            errno.ENOTDIR,
+            path,
+        )
+    if not os.access(place, os.W_OK | os.X_OK):
+        read_only = bool(os.statvfs(place).f_flag & os.ST_RDONLY)
+        cause = "the file system is read-only" if read_only else "permission denied"
+        raise LangBridgeResourceError(
+            f"cannot write {named}: {cause} in {place}; choose a place you may write to.",
+            errno.EROFS if read_only else errno.EACCES,
+            path,
+        )
+    return path
+
+
+def check_free_space(path: str | Path, needed: int, what: str = "the output") -> None:
+    """Refuse a write of about `needed` bytes to `path` that the disk holding it has no room for, before its first
+    byte (a failure halfway would be found only after the whole write)."""
+    free = free_space(path)
+    if free is not None and free < needed:
+        raise LangBridgeResourceError(
+            f"cannot write {path}: it needs about {format_bytes(needed)} ({what}) and the disk holding it has "
+            f"{format_bytes(free)} free; free space on that disk or choose another place.",
+            errno.ENOSPC,
+            path,
+        )
 
 
 def refuse_overwrite(path: str | Path, overwrite: bool = False, flag: str = "--overwrite") -> Path:
@@ -90,13 +176,15 @@ def atomic_file(path: str | Path, overwrite: bool = False):
     """Yield a scratch file next to `path`; it replaces `path` in one step only if the block finishes without
     error, so a reader never sees half a file. An existing `path` is kept unless `overwrite`."""
     path = refuse_overwrite(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The scratch ends in the file's own suffix, so writers that infer the format from it (PIL, matplotlib) work.
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    with scratch_path(Path(name)) as scratch:
-        yield scratch
-        os.replace(scratch, path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # The scratch ends in the file's own suffix, so writers that infer the format from it (PIL, matplotlib) work.
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.partial-", suffix=path.suffix, dir=path.parent)
+        os.close(handle)
+        with scratch_path(Path(name)) as scratch:
+            with writing(path, scratch):
+                yield scratch
+                os.replace(scratch, path)
 
 
 def write_text_atomic(path: str | Path, text: str, overwrite: bool = False) -> Path:
@@ -139,7 +227,7 @@ def read_tensor_file(path: str | Path, prefix: str = "") -> dict[str, torch.Tens
     projector out of a 14B shard), a `.bin`/`.pt` state dict is loaded with weights_only=True (no code runs)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist.")
+        raise LangBridgeUsageError(f"{path} does not exist; give an existing weights file.")
     if path.suffix == ".safetensors":
         try:
             with safe_open(path, framework="pt") as reader:
@@ -148,7 +236,9 @@ def read_tensor_file(path: str | Path, prefix: str = "") -> dict[str, torch.Tens
             raise damaged_safetensors_error(path, error) from None
     state = load_torch_weights(path)
     if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict of named tensors.")
+        raise LangBridgeUsageError(
+            f"{path} holds a {type(state).__name__}, not a state dict of named tensors; give a weights file."
+        )
     return {key: value for key, value in state.items() if key.startswith(prefix)}
 
 
@@ -180,8 +270,16 @@ def checkpoint_files(folder: Path) -> list[Path]:
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = folder / index_name
         if index.exists():
-            return sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
+            try:
+                return sorted({folder / name for name in json.loads(index.read_text())["weight_map"].values()})
+            except (ValueError, KeyError, TypeError, AttributeError) as error:  # not JSON, or not a shard index
+                raise LangBridgeUsageError(
+                    f"{index} is not a readable shard index ({type(error).__name__}: {error}); download or save the "
+                    "model again."
+                ) from None
     for pattern in ("model*.safetensors", "pytorch_model*.bin", "*.safetensors"):
         if found := sorted(folder.glob(pattern)):
             return found
-    raise FileNotFoundError(f"No weights (*.safetensors or pytorch_model*.bin) in {folder}.")
+    raise LangBridgeUsageError(
+        f"{folder} holds no weights (*.safetensors or pytorch_model*.bin); give a folder a model was saved to."
+    )

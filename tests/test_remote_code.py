@@ -90,6 +90,7 @@ def test_folder_carries_remote_code_auto_map_and_a_model_card(qwen_clip_dir):
         "projection_langbridge.py",
         "tiling_langbridge.py",
         "compatibility_langbridge.py",
+        "errors_langbridge.py",
         "chat_template.jinja",
     ):
         assert (qwen_clip_dir / name).exists(), name

@@ -1,6 +1,29 @@
-"""What a LangBridge recipe takes besides TRL's `SFTConfig` (training) and `ModelConfig` (model, LoRA, 4-bit)."""
+"""What a LangBridge recipe takes besides TRL's `SFTConfig` (training) and `ModelConfig` (model, LoRA, 4-bit), each
+setting checked when the recipe is read (`parse_recipe`), before any work, and refused in one sentence naming it, the
+recipe file (or flag) it came from and what it accepts."""
 
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from modeling_langbridge.errors import LangBridgeUsageError
+
+
+class SettingError(LangBridgeUsageError):
+    """A setting out of its range: `setting (source) is value; give accepted.` The source (a recipe file, a flag) is
+    filled in by whoever knows it (`parse_recipe`)."""
+
+    def __init__(self, setting: str, value, accepted: str, source: str | None = None):
+        self.setting, self.value, self.accepted, self.source = setting, value, accepted, source
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f" ({self.source})" if self.source else ""
+        return f"{self.setting}{where} is {self.value!r}; give {self.accepted}."
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -47,3 +70,70 @@ class LangBridgeArguments:
         default=True,
         metadata={"help": "After LoRA/QLoRA SFT, also save the LoRA merged into a full-precision model in `merged/`."},
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over in an output_dir that holds an earlier run (its weights, adapter or checkpoints), "
+            "replacing it; without it such a folder is refused, unless resume_from_checkpoint continues that run. "
+            "The earlier run's checkpoints are removed when training starts, its weights only once the new ones "
+            "are saved whole."
+        },
+    )
+
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> None:
+        """Refuse a setting out of range (SettingError); the recipes call it again before any work."""
+        from .caption_words import check_weight
+
+        if not isinstance(self.dataset, str) or not self.dataset.strip():
+            raise SettingError(
+                "dataset",
+                self.dataset,
+                "a LLaVA JSON (.json) or JSON Lines (.jsonl) file, or a "
+                "`datasets` folder or name with `messages` and `images`",
+            )
+        if self.data_format not in (None, "plain", "chat"):
+            raise SettingError("data_format", self.data_format, "plain (stage-1 captions) or chat (conversations)")
+        whole = isinstance(self.max_samples, int) and not isinstance(self.max_samples, bool)
+        if self.max_samples is not None and not (whole and self.max_samples >= 1):
+            raise SettingError("max_samples", self.max_samples, "a whole number of at least 1 (or leave it out)")
+        for name in ("projector_lr", "vision_tower_lr"):
+            value = getattr(self, name)
+            if value is not None and (not _number(value) or not math.isfinite(value) or not 0 < value <= 1):
+                raise SettingError(name, value, "a learning rate above 0 and at most 1, such as 1e-4 (or leave it out)")
+        check_weight(self.caption_word_loss)
+        for name in ("skip_bad_images", "train_vision_tower", "merge_lora", "overwrite_output_dir"):
+            if not isinstance(getattr(self, name), bool):
+                raise SettingError(name, getattr(self, name), "true or false")
+        if self.use_kernels is not None and not isinstance(self.use_kernels, bool):
+            raise SettingError("use_kernels", self.use_kernels, "true, false, or leave it out")
+
+
+def parse_recipe(config: str | Path, overrides: list[str] = (), parser=None) -> tuple:
+    """A recipe's `(LangBridgeArguments, SFTConfig, ModelConfig)` from its YAML file and flags; a setting refused
+    while reading them names the recipe file, or the flag that gave it."""
+    import yaml
+    from trl import ModelConfig, SFTConfig, TrlParser
+
+    parser = parser or TrlParser((LangBridgeArguments, SFTConfig, ModelConfig))
+    overrides = [str(item) for item in overrides]
+    try:
+        return parser.parse_args_and_config(["--config", str(config), *overrides])
+    except SettingError as error:
+        flag = f"--{error.setting}"
+        error.source = (
+            f"given as {flag}"
+            if any(item == flag or item.startswith(flag + "=") for item in overrides)
+            else f"in recipe {config}"
+        )
+        raise
+    except yaml.YAMLError as error:
+        problem = " ".join(str(error).split())
+        raise LangBridgeUsageError(f"recipe {config} is not valid YAML ({problem}); fix the file.") from error
+    except LangBridgeUsageError:
+        raise
+    except ValueError as error:  # TRL's and transformers' checks of the recipe's settings
+        message = " ".join(str(error).split())
+        raise LangBridgeUsageError(f"recipe {config} (or its flags) is refused: {message}") from error

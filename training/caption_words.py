@@ -7,9 +7,30 @@ coefficients over the patches, read as a distribution over the shared vocabulary
 (those in the shared vocabulary) a high probability. Off by default (the paper trains stage 1 on captions alone).
 """
 
+import math
 from contextlib import contextmanager
 
 import torch
+
+from modeling_langbridge.errors import LangBridgeUsageError
+
+# The loss's weight beside the caption loss: 0 is off; the study's remedy is 0.1. Both losses are a few nats, so a
+# weight above 100 leaves the caption loss nothing to say, and very large ones overflow the gradient norm (1e30 trained
+# a projector of NaN).
+MAX_WEIGHT = 100.0
+
+
+ACCEPTED = f"0 (off) or a weight above 0 and at most {MAX_WEIGHT:g}, such as 0.1 (the study's remedy)"
+
+
+def check_weight(value, setting: str = "caption_word_loss", source: str | None = None) -> float:
+    """The weight of the caption-word loss, refused (SettingError) unless a finite number from 0 to MAX_WEIGHT."""
+    from .arguments import SettingError
+
+    finite = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not finite or not 0 <= value <= MAX_WEIGHT:
+        raise SettingError(setting, value, ACCEPTED, source)
+    return float(value)
 
 
 class CaptionWordLoss:
@@ -39,7 +60,7 @@ class CaptionWordLoss:
             return None
         features = torch.cat([f.reshape(-1, *f.shape[-2:]) for f in features])  # [images, patches, Dv]
         if features.shape[0] != labels.shape[0]:
-            raise ValueError(
+            raise LangBridgeUsageError(
                 f"caption_word_loss needs one image per sample (stage-1 captions); this batch has "
                 f"{features.shape[0]} images for {labels.shape[0]} samples. Set caption_word_loss: 0 for this data."
             )

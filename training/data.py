@@ -8,6 +8,7 @@ an image or leave with nothing to learn.
 """
 
 import io
+import json
 import multiprocessing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,7 +48,12 @@ def llava_record_to_sample(record: dict, image_folder: str | Path | None, where:
             '[{"from": "human", "value": ...}, {"from": "gpt", "value": ...}]}.'
         )
     images = record.get("image") or []
-    images = [images] if isinstance(images, str) else list(images)
+    images = [images] if isinstance(images, str) else images
+    if not isinstance(images, list) or not all(isinstance(name, str) and name for name in images):
+        raise LangBridgeUsageError(
+            f'{where} has an "image" of {json.dumps(record.get("image"), default=str)[:80]}; give an image path (text), a list of '
+            "paths, or leave it out for a text-only sample."
+        )
     folder = Path(image_folder) if image_folder else None
     messages = []
     for turn in record["conversations"]:
@@ -61,40 +67,93 @@ def llava_record_to_sample(record: dict, image_folder: str | Path | None, where:
     return {"messages": messages, "images": [str(folder / name) if folder else name for name in images]}
 
 
+def iter_json_lines(path: str | Path):
+    """(line number, record) of a JSON Lines file, blank lines skipped; a line that is not JSON is named."""
+    with open(path, encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as error:
+                raise LangBridgeUsageError(
+                    f"{path}: line {number} is not JSON ({error.msg}); a .jsonl file holds one LLaVA record per line."
+                ) from None
+
+
 def load_llava_json(path: str | Path, image_folder: str | Path | None = None) -> Dataset:
-    """A LLaVA JSON file as an Arrow-backed dataset (built by streaming the file, memory-mapped afterwards)."""
+    """A LLaVA JSON file (an array of records), or a JSON Lines file of them (`.jsonl`, one per line), as an
+    Arrow-backed dataset (built by streaming the file, memory-mapped afterwards)."""
     path = Path(path)
 
     if not path.is_file():
         raise LangBridgeUsageError(f"{path} does not exist; give the LLaVA JSON file to train on (dataset: ...).")
 
-    def samples(path=str(path), image_folder=str(image_folder) if image_folder else None):
-        for number, record in enumerate(iter_json_array(path)):
-            yield llava_record_to_sample(record, image_folder, where=f"{path}: record {number}")
+    # `datasets` caches what the generator made under a hash of the generator and its defaults: the file's size,
+    # time and inode are among them, so a file edited in place is read again, never served from an older cache.
+    stat = path.stat()
+
+    def samples(
+        path=str(path),
+        image_folder=str(image_folder) if image_folder else None,
+        version=(stat.st_size, stat.st_mtime_ns, stat.st_ino),
+    ):
+        if path.endswith(".jsonl"):
+            records = ((record, f"{path}: line {number}") for number, record in iter_json_lines(path))
+        else:
+            records = ((record, f"{path}: record {number}") for number, record in enumerate(iter_json_array(path)))
+        count = 0
+        for record, where in records:
+            count += 1
+            yield llava_record_to_sample(record, image_folder, where=where)
+        if not count:
+            raise LangBridgeUsageError(
+                f"{path} holds no records; give at least one LLaVA record "
+                '({"image": ..., "conversations": [{"from": "human", "value": ...}, {"from": "gpt", "value": ...}]}).'
+            )
 
     try:
         return Dataset.from_generator(samples)
     except DatasetGenerationError as error:
         cause = error.__cause__ or error.__context__
+        if isinstance(cause, UnicodeError):
+            raise LangBridgeUsageError(f"{path} is not UTF-8 text ({cause}); save it as UTF-8.") from error
         if isinstance(cause, ValueError):
-            raise LangBridgeUsageError(str(cause)) from error
+            raise LangBridgeUsageError(" ".join(str(cause).split())) from error
         raise
 
 
 def load_messages_dataset(name_or_path: str, split: str = "train", config_name: str | None = None) -> Dataset:
     """A `datasets` dataset with `messages` and `images` (or `image`) columns, images left undecoded."""
-    if (Path(name_or_path) / "dataset_info.json").exists():  # a folder written by `Dataset.save_to_disk`
-        dataset = load_from_disk(name_or_path)
-    else:
-        dataset = load_dataset(name_or_path, config_name, split=split)
+    expected = "a `datasets` folder or Hub name whose rows have `messages` and `images` (or `image`)"
+    try:
+        if (Path(name_or_path) / "dataset_info.json").exists():  # a folder written by `Dataset.save_to_disk`
+            dataset = load_from_disk(name_or_path)
+        elif (Path(name_or_path) / "dataset_dict.json").exists():  # `DatasetDict.save_to_disk`: its split
+            saved = load_from_disk(name_or_path)
+            if split not in saved:
+                raise LangBridgeUsageError(
+                    f"dataset {name_or_path} has no split {split!r} (dataset_split); it has {sorted(saved)}."
+                )
+            dataset = saved[split]
+        else:
+            dataset = load_dataset(name_or_path, config_name, split=split)
+    except LangBridgeUsageError:
+        raise
+    except (FileNotFoundError, ConnectionError, ValueError) as error:  # what `datasets` raises for what it cannot read
+        problem = " ".join(str(error).split())
+        raise LangBridgeUsageError(
+            f"cannot read dataset {name_or_path} (split {split!r}): {problem}; give {expected}, or a LLaVA JSON "
+            "(.json) or JSON Lines (.jsonl) file."
+        ) from error
     if "image" in dataset.column_names and "images" not in dataset.column_names:
         dataset = dataset.map(
             lambda row: {"images": [row["image"]] if row["image"] is not None else []}, remove_columns=["image"]
         )
     missing = {"messages", "images"} - set(dataset.column_names)
     if missing:
-        raise ValueError(
-            f"{name_or_path} has no {sorted(missing)} column(s); expected `messages` and `images` (or `image`)."
+        raise LangBridgeUsageError(
+            f"dataset {name_or_path} has no {sorted(missing)} column(s) (it has {dataset.column_names}); give {expected}."
         )
     feature = dataset.features["images"]
     if isinstance(feature, (list, Sequence)) or hasattr(feature, "feature"):
@@ -105,10 +164,15 @@ def load_messages_dataset(name_or_path: str, split: str = "train", config_name: 
 def load_training_data(
     dataset: str, image_folder: str | None = None, split: str = "train", config_name: str | None = None
 ) -> Dataset:
-    """LLaVA JSON when `dataset` is a .json file, otherwise a `datasets` name or folder."""
-    if str(dataset).endswith(".json"):
+    """LLaVA JSON when `dataset` is a .json (or .jsonl) file, otherwise a `datasets` name or folder."""
+    if str(dataset).endswith((".json", ".jsonl")):
         return load_llava_json(dataset, image_folder)
     require_source(dataset, "dataset")
+    if Path(dataset).expanduser().is_file():
+        raise LangBridgeUsageError(
+            f"dataset {dataset} is a file of a kind the recipes do not read; give a LLaVA JSON (.json) or JSON Lines "
+            "(.jsonl) file, or a `datasets` folder or Hub name with `messages` and `images`."
+        )
     return load_messages_dataset(dataset, split=split, config_name=config_name)
 
 
@@ -172,7 +236,13 @@ def stored_image_size(ref) -> tuple[int, int] | None:
 
 
 def fit_to_length(
-    dataset: Dataset, processor, image_seq_length: int, max_length: int | None, mode: str, report: DataReport
+    dataset: Dataset,
+    processor,
+    image_seq_length: int,
+    max_length: int | None,
+    mode: str,
+    report: DataReport,
+    source: str = "the dataset",
 ) -> Dataset:
     """Keep the samples that fit: truncation may shorten text after the images, never cut into one, and every
     kept sample has at least one token to learn. Counts what it drops in `report`.
@@ -183,7 +253,8 @@ def fit_to_length(
     image_token_id = processor.image_token_id
     tiling = getattr(processor, "tiling", False)
 
-    def measure(sample):
+    def measure(sample, row):
+        check_sample(sample, f"{source}: row {row}")
         messages, num_images = sample["messages"], len(sample["images"])
         if count_image_items(messages) != num_images and mode == "chat":
             return {"verdict": "image_mismatch"}
@@ -227,7 +298,9 @@ def fit_to_length(
             return {"verdict": "no_target"}
         return {"verdict": "keep"}
 
-    verdicts = dataset.map(measure, remove_columns=dataset.column_names, desc="Measuring samples")["verdict"]
+    verdicts = dataset.map(measure, with_indices=True, remove_columns=dataset.column_names, desc="Measuring samples")[
+        "verdict"
+    ]
     report.samples = len(verdicts)
     report.dropped_cut_image = verdicts.count("cut_image")
     report.dropped_no_target = verdicts.count("no_target")
@@ -235,8 +308,37 @@ def fit_to_length(
     keep = [n for n, verdict in enumerate(verdicts) if verdict == "keep"]
     report.kept = len(keep)
     if not keep:
-        raise ValueError(f"No sample is left to train on: {report.summary()}. Raise max_length or check the data.")
+        raise LangBridgeUsageError(
+            f"No sample is left to train on: {report.summary()}. Raise max_length or check the data ({source})."
+        )
     return dataset.select(keep)
+
+
+def check_sample(sample: dict, where: str) -> None:
+    """A training sample's shape: `messages` a list of {"role", "content"} turns (content text, or a list of
+    {"type": "text"|"image"} items) and `images` a list; refused naming the sample and what is expected."""
+    messages, images = sample.get("messages"), sample.get("images")
+    expected = (
+        'give `messages` as a list of {"role": "user"|"assistant"|"system", "content": text or a list of '
+        '{"type": "text"|"image", ...} items}, and `images` as a list'
+    )
+    problem = None
+    if not isinstance(messages, list):
+        problem = f"`messages` is {str(messages)[:60]!r}"
+    elif not isinstance(images, list):
+        problem = f"`images` is {str(images)[:60]!r}"
+    else:
+        for turn in messages:
+            content = turn.get("content") if isinstance(turn, dict) else None
+            items_ok = isinstance(content, str) or (
+                isinstance(content, list)
+                and all(isinstance(item, dict) and item.get("type") in ("text", "image") for item in content)
+            )
+            if not isinstance(turn, dict) or turn.get("role") not in ("user", "assistant", "system") or not items_ok:
+                problem = f"a turn is {str(turn)[:80]!r}"
+                break
+    if problem is not None:
+        raise LangBridgeUsageError(f"{where}: {problem}; {expected}.")
 
 
 def _as_chat(messages: list[dict]) -> list[dict]:
@@ -337,6 +439,6 @@ def prepare_training_data(script_args, processor, image_seq_length: int, max_len
     )
     if script_args.max_samples:
         dataset = dataset.select(range(min(script_args.max_samples, len(dataset))))
-    dataset = fit_to_length(dataset, processor, image_seq_length, max_length, mode, report)
+    dataset = fit_to_length(dataset, processor, image_seq_length, max_length, mode, report, script_args.dataset)
     dataset, loader = with_lazy_images(dataset, script_args.skip_bad_images, report)
     return dataset, loader, report

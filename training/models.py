@@ -15,7 +15,7 @@ from transformers.utils import logging
 import modeling_langbridge  # noqa: F401  (registers the Auto classes)
 from modeling_langbridge.assembly.compose import compose
 from modeling_langbridge.assembly.hub_configs import derived_differences, read_hub_config
-from modeling_langbridge.errors import LangBridgeUsageError
+from modeling_langbridge.errors import LangBridgeUsageError, loading
 from modeling_langbridge.model.modeling_langbridge import hub_kernels_wanted
 
 logger = logging.get_logger(__name__)
@@ -71,8 +71,9 @@ def load_for_stage(model_args, stage: str, train_vision_tower: bool, output_dir:
     }
     if stage == "sft" and (quantization := quantization_config(model_args)) is not None:
         kwargs["quantization_config"] = quantization
-    model = AutoModelForImageTextToText.from_pretrained(path, **{k: v for k, v in kwargs.items() if v is not None})
-    processor = AutoProcessor.from_pretrained(path)
+    with loading("model to train (model_name_or_path)", path):  # a folder that is not a model: one sentence
+        model = AutoModelForImageTextToText.from_pretrained(path, **{k: v for k, v in kwargs.items() if v is not None})
+        processor = AutoProcessor.from_pretrained(path)
     if getattr(model, "is_loaded_in_4bit", False):
         keep_4bit_trainable_on_cpu(model)
 

@@ -13,73 +13,72 @@ from pathlib import Path
 from trl import ModelConfig, SFTConfig, TrlParser
 
 from modeling_langbridge.assembly.adapter import LangBridgeAdapter
+from modeling_langbridge.errors import LangBridgeUsageError
 
 from .arguments import LangBridgeArguments
 from .collator import LangBridgeCollator
 from .data import prepare_training_data
 from .models import load_for_stage
-from .outputs import check_adapter_dir, check_output_dir, resume_argument, save_adapter
+from .outputs import run_output, save_adapter
 from .trainer import LangBridgeTrainer
 
 
 def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args: ModelConfig, callbacks=None):
-    if script_args.caption_word_loss < 0:  # before any work
-        raise ValueError(f"caption_word_loss is {script_args.caption_word_loss}; give 0 (off) or a positive weight.")
-    check_output_dir(model_args.model_name_or_path, training_args.output_dir)
-    check_adapter_dir(Path(training_args.output_dir) / "adapter")
-    resume = resume_argument(training_args.resume_from_checkpoint, training_args.output_dir)
+    script_args.check()  # every setting, before any work
+    with run_output(
+        training_args, model_args.model_name_or_path, script_args.overwrite_output_dir, adapter=True
+    ) as resume:  # output_dir: this run's alone, an earlier run there continued or replaced only when asked
+        ################
+        # Model: only the projector learns
+        ################
+        model, processor = load_for_stage(
+            model_args,
+            "pretrain",
+            train_vision_tower=False,
+            output_dir=training_args.output_dir,
+            use_kernels=script_args.use_kernels,
+        )
 
-    ################
-    # Model: only the projector learns
-    ################
-    model, processor = load_for_stage(
-        model_args,
-        "pretrain",
-        train_vision_tower=False,
-        output_dir=training_args.output_dir,
-        use_kernels=script_args.use_kernels,
-    )
+        ################
+        # Data: image-caption pairs, images opened lazily
+        ################
+        mode = script_args.data_format or "plain"
+        train_dataset, image_loader, report = prepare_training_data(
+            script_args, processor, model.config.image_seq_length, training_args.max_length, mode
+        )
 
-    ################
-    # Data: image-caption pairs, images opened lazily
-    ################
-    mode = script_args.data_format or "plain"
-    train_dataset, image_loader, report = prepare_training_data(
-        script_args, processor, model.config.image_seq_length, training_args.max_length, mode
-    )
+        ################
+        # Training
+        ################
+        trainer = LangBridgeTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_dataset,
+            data_collator=LangBridgeCollator(processor, training_args.max_length, mode),
+            processing_class=processor,
+            projector_lr=script_args.projector_lr,
+            data_report=report,
+            image_loader=image_loader,
+            callbacks=callbacks,
+            caption_word_loss=caption_word_loss_for(script_args, model),
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.report_data()
 
-    ################
-    # Training
-    ################
-    trainer = LangBridgeTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        data_collator=LangBridgeCollator(processor, training_args.max_length, mode),
-        processing_class=processor,
-        projector_lr=script_args.projector_lr,
-        data_report=report,
-        image_loader=image_loader,
-        callbacks=callbacks,
-        caption_word_loss=caption_word_loss_for(script_args, model),
-    )
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.report_data()
-
-    ################
-    # Save: the model folder, and the adapter on its own
-    ################
-    trainer.save_model(training_args.output_dir)  # the processor too
-    trainer.save_state()  # trainer_state.json: the step and log history, read by `langbridge alignment`
-    if trainer.is_world_process_zero() and model.config.model_type == "langbridge":  # (the demo trains LLaVA too)
-        adapter = LangBridgeAdapter.from_model(trainer.model, processor.tokenizer)
-        save_adapter(adapter, Path(training_args.output_dir) / "adapter")  # replaces only an adapter a run wrote
+        ################
+        # Save: the model folder, and the adapter on its own, each whole
+        ################
+        trainer.save_model(training_args.output_dir)  # the processor too
+        trainer.save_state()  # trainer_state.json: the step and log history, read by `langbridge alignment`
+        if trainer.is_world_process_zero() and model.config.model_type == "langbridge":  # (the demo trains LLaVA too)
+            adapter = LangBridgeAdapter.from_model(trainer.model, processor.tokenizer)
+            save_adapter(adapter, Path(training_args.output_dir) / "adapter")  # replaces only an adapter a run wrote
     return trainer
 
 
 def caption_word_loss_for(script_args: LangBridgeArguments, model) -> float:
     if script_args.caption_word_loss and model.config.model_type != "langbridge":
-        raise ValueError(
+        raise LangBridgeUsageError(
             f"caption_word_loss is for LangBridge models (coefficients over a shared vocabulary); this is a "
             f"{model.config.model_type!r} model. Set caption_word_loss: 0."
         )

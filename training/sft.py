@@ -13,71 +13,77 @@ LoRA merged into a full-precision copy of the base in `output_dir/merged`, a pla
 import torch
 from trl import ModelConfig, SFTConfig, TrlParser
 
+from modeling_langbridge.errors import LangBridgeUsageError
 from modeling_langbridge.model.modeling_langbridge import hub_kernels_wanted
 
 from .arguments import LangBridgeArguments
 from .collator import LangBridgeCollator
 from .data import prepare_training_data
 from .models import load_for_stage, lora_config, resolve_model
-from .outputs import check_output_dir, resume_argument
+from .outputs import folder_written_whole, run_output
 from .trainer import LangBridgeTrainer, peft_reads_old_checkpointing_name
 
 
 def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args: ModelConfig, callbacks=None):
+    script_args.check()  # every setting, before any work
     if script_args.caption_word_loss:
-        raise ValueError(
+        raise LangBridgeUsageError(
             "caption_word_loss is a stage-1 setting (langbridge train pretrain); remove it from the SFT recipe."
         )
-    check_output_dir(model_args.model_name_or_path, training_args.output_dir)
-    resume = resume_argument(training_args.resume_from_checkpoint, training_args.output_dir)
-
-    ################
-    # Model: projector + LLM (full, LoRA or QLoRA); vision tower frozen unless asked
-    ################
-    model, processor = load_for_stage(
-        model_args, "sft", script_args.train_vision_tower, training_args.output_dir, use_kernels=script_args.use_kernels
-    )
-
-    ################
-    # Data: conversations, assistant replies learned, images opened lazily
-    ################
-    mode = script_args.data_format or "chat"
-    train_dataset, image_loader, report = prepare_training_data(
-        script_args, processor, model.config.image_seq_length, training_args.max_length, mode
-    )
-
-    ################
-    # Training
-    ################
-    trainer = LangBridgeTrainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        data_collator=LangBridgeCollator(processor, training_args.max_length, mode),
-        processing_class=processor,
-        peft_config=lora_config(model_args, script_args.train_vision_tower),
-        projector_lr=script_args.projector_lr,
-        vision_tower_lr=script_args.vision_tower_lr,
-        data_report=report,
-        image_loader=image_loader,
-        callbacks=callbacks,
-    )
-    trainer.train(resume_from_checkpoint=resume)
-    trainer.report_data()
-
-    ################
-    # Save
-    ################
-    trainer.save_model(training_args.output_dir)
-    trainer.save_state()  # trainer_state.json: the step and log history, read by `langbridge alignment`
-    if model_args.use_peft and script_args.merge_lora and trainer.is_world_process_zero():
-        save_merged(
-            resolve_model(model_args.model_name_or_path, training_args.output_dir, script_args.use_kernels),
+    with run_output(
+        training_args, model_args.model_name_or_path, script_args.overwrite_output_dir
+    ) as resume:  # output_dir: this run's alone, an earlier run there continued or replaced only when asked
+        ################
+        # Model: projector + LLM (full, LoRA or QLoRA); vision tower frozen unless asked
+        ################
+        model, processor = load_for_stage(
+            model_args,
+            "sft",
+            script_args.train_vision_tower,
             training_args.output_dir,
-            processor,
             use_kernels=script_args.use_kernels,
-            dtype=model_args.dtype,
         )
+
+        ################
+        # Data: conversations, assistant replies learned, images opened lazily
+        ################
+        mode = script_args.data_format or "chat"
+        train_dataset, image_loader, report = prepare_training_data(
+            script_args, processor, model.config.image_seq_length, training_args.max_length, mode
+        )
+
+        ################
+        # Training
+        ################
+        trainer = LangBridgeTrainer(
+            model=model,
+            args=training_args,
+            train_dataset=train_dataset,
+            data_collator=LangBridgeCollator(processor, training_args.max_length, mode),
+            processing_class=processor,
+            peft_config=lora_config(model_args, script_args.train_vision_tower),
+            projector_lr=script_args.projector_lr,
+            vision_tower_lr=script_args.vision_tower_lr,
+            data_report=report,
+            image_loader=image_loader,
+            callbacks=callbacks,
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        trainer.report_data()
+
+        ################
+        # Save, each part whole
+        ################
+        trainer.save_model(training_args.output_dir)
+        trainer.save_state()  # trainer_state.json: the step and log history, read by `langbridge alignment`
+        if model_args.use_peft and script_args.merge_lora and trainer.is_world_process_zero():
+            save_merged(
+                resolve_model(model_args.model_name_or_path, training_args.output_dir, script_args.use_kernels),
+                training_args.output_dir,
+                processor,
+                use_kernels=script_args.use_kernels,
+                dtype=model_args.dtype,
+            )
     return trainer
 
 
@@ -97,8 +103,9 @@ def save_merged(
     if dtype not in (None, "auto"):
         merged = merged.to(getattr(torch, dtype))
     out = f"{adapter_dir}/merged"
-    merged.save_pretrained(out)
-    processor.save_pretrained(out)
+    with folder_written_whole(out) as fresh:  # a previous merged/ goes only once this one is complete
+        merged.save_pretrained(fresh)
+        processor.save_pretrained(fresh)
     return out
 
 

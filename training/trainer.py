@@ -10,8 +10,11 @@ import torch
 from transformers import Trainer
 from trl import SFTTrainer
 
+from modeling_langbridge.files import atomic_file, write_text_atomic
+
 from .caption_words import CaptionWordLoss
 from .data import DataReport
+from .outputs import files_written_whole
 
 
 class LangBridgeTrainer(SFTTrainer):
@@ -98,11 +101,22 @@ class LangBridgeTrainer(SFTTrainer):
             self._final_save = False
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """The final save is written whole: into a scratch folder, then each file swapped in (`files_written_whole`),
+        so a save that fails (a full disk) leaves the folder's previous weights as they were."""
         restore_tokenizer_call_state(self.processing_class, self.tokenizer_state)
         with saved_as_its_own_class(self.accelerator.unwrap_model(self.model)):
             if not getattr(self, "_final_save", False):
                 return super()._save(output_dir, state_dict=state_dict)
-            self._save_in_load_dtypes(output_dir, state_dict)
+            if not self.args.should_save:  # a rank that writes nothing, here only for collective gathers
+                return self._save_in_load_dtypes(output_dir, state_dict)
+            with files_written_whole(output_dir or self.args.output_dir) as scratch:
+                self._save_in_load_dtypes(str(scratch), state_dict)
+
+    def save_state(self) -> None:
+        """trainer_state.json (the step and log history), written whole."""
+        if self.is_world_process_zero():
+            with atomic_file(Path(self.args.output_dir) / "trainer_state.json", overwrite=True) as scratch:
+                self.state.save_to_json(str(scratch))
 
     def _save_in_load_dtypes(self, output_dir: str | None, state_dict: dict | None) -> None:
         if state_dict is None and any(
@@ -169,9 +183,10 @@ class LangBridgeTrainer(SFTTrainer):
         summary = self.data_report.summary()
         if self.is_world_process_zero():
             print(f"Data: {summary}")
-            Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
-            (Path(self.args.output_dir) / "data_report.json").write_text(
-                json.dumps(self.data_report.to_dict(), indent=2)
+            write_text_atomic(
+                Path(self.args.output_dir) / "data_report.json",
+                json.dumps(self.data_report.to_dict(), indent=2),
+                overwrite=True,
             )
         return summary
 

@@ -18,7 +18,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..assembly.vocab import TokenizerVocabulary
-from .interpret import PatchReading
+from ..errors import LangBridgeUsageError, loading
+from .interpret import PatchReading, check_top_k
 
 # Words too common to show that a patch was grounded in the image.
 FUNCTION_WORDS = {
@@ -75,6 +76,7 @@ class NearestWords:
 
     def read(self, tokens: torch.Tensor, top_k: int = 3) -> PatchReading:
         """`tokens` [patches, hidden] of one image -> its nearest words per patch, weights = cosine similarity."""
+        check_top_k(top_k, len(self.words), "readable words of the LLM's vocabulary")
         similarities, rows = nearest_tokens(tokens, self.embeddings, top_k)
         side = math.isqrt(tokens.shape[0])
         grid = (side, side) if side * side == tokens.shape[0] else (1, tokens.shape[0])
@@ -157,16 +159,27 @@ def expand_checkpoints(paths: list[str | Path]) -> list[Path]:
 
 def read_captions(path: str | Path) -> dict[str, str]:
     """Image file name -> caption, from LLaVA JSON (the assistant's turn) or a plain {image: caption} object."""
-    data = json.loads(Path(path).read_text(encoding="utf-8"))
-    if isinstance(data, dict):
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LangBridgeUsageError(
+            f"{path} is not a UTF-8 JSON file ({error}); give LLaVA JSON (image + conversations) or {{image: caption}}."
+        ) from None
+    if isinstance(data, dict) and all(isinstance(v, str) for v in data.values()):
         return {Path(k).name: v for k, v in data.items()}
     captions = {}
-    for record in data:
-        replies = [
-            turn["value"] for turn in record.get("conversations", []) if turn.get("from") in ("gpt", "assistant")
-        ]
-        if "image" in record and replies:
-            captions[Path(record["image"]).name] = replies[0]
+    try:
+        for record in data if isinstance(data, list) else [None]:
+            replies = [
+                turn["value"] for turn in record.get("conversations", []) if turn.get("from") in ("gpt", "assistant")
+            ]
+            if "image" in record and replies:
+                captions[Path(record["image"]).name] = replies[0]
+    except (AttributeError, KeyError, TypeError) as error:
+        raise LangBridgeUsageError(
+            f"{path} is neither LLaVA JSON (a list of records with image and conversations) nor an {{image: caption}} "
+            f"object ({type(error).__name__}: {error}); give captions in one of those layouts."
+        ) from None
     return captions
 
 
@@ -185,10 +198,11 @@ def alignment_curve(
 
     points = []
     for checkpoint in tqdm(checkpoints, desc="Checkpoints", disable=not progress):
-        model = AutoModelForImageTextToText.from_pretrained(
-            checkpoint, use_kernels=hub_kernels_wanted(use_kernels)
-        ).eval()
-        processor = AutoProcessor.from_pretrained(checkpoint)
+        with loading("checkpoint", checkpoint):
+            model = AutoModelForImageTextToText.from_pretrained(
+                checkpoint, use_kernels=hub_kernels_wanted(use_kernels)
+            ).eval()
+            processor = AutoProcessor.from_pretrained(checkpoint)
         points.append(measure(model, processor, images, captions, str(checkpoint), checkpoint_step(Path(checkpoint))))
     return points
 

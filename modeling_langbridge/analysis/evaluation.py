@@ -140,7 +140,9 @@ def read_questions(path: str | Path) -> list[dict]:
             )
         missing = {"image", "question", "answers"} - set(record)
         if missing:
-            raise ValueError(f"{path}:{number} lacks {sorted(missing)}; each line needs image, question and answers.")
+            raise LangBridgeUsageError(
+                f"{path}:{number} lacks {sorted(missing)}; each line needs image, question and answers."
+            )
         if isinstance(record["answers"], str):
             record["answers"] = [record["answers"]]
         record["_source"] = f"{path}:{number}"

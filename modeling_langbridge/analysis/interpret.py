@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from ..assembly.vocab import SharedVocabulary
+from ..errors import LangBridgeUsageError
 
 
 @dataclass
@@ -81,7 +82,7 @@ def patch_coefficients(model, pixel_values: torch.Tensor) -> torch.Tensor:
 def read_patches(model, processor, image: Image.Image, top_k: int = 3) -> PatchReading | TiledReading:
     """The top-k shared-vocabulary tokens of each patch of `image`, by coefficient (per view when tiled)."""
     if model.config.model_type != "langbridge":
-        raise ValueError(
+        raise LangBridgeUsageError(
             f"{type(model).__name__} has no vocabulary coefficients; only LangBridge models can be read this way."
         )
     processed = processor.image_processor(image, return_tensors="pt")
@@ -113,14 +114,23 @@ def read_patches(model, processor, image: Image.Image, top_k: int = 3) -> PatchR
     )
 
 
+def check_top_k(top_k, available: int, what: str = "tokens of the shared vocabulary") -> None:
+    """`top_k` is a whole number from 1 to the number of tokens there are to rank."""
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= available:
+        raise LangBridgeUsageError(
+            f"top_k {top_k!r} is not a whole number from 1 to {available}, the number of {what}; give one in that range."
+        )
+
+
 def _reading(
     coefficients: torch.Tensor, strings: list[str], top_k: int, grid: tuple[int, int] | None = None
 ) -> PatchReading:
     """Top-k tokens per patch of [patches, T] coefficients on a square grid (or the given one)."""
+    check_top_k(top_k, coefficients.shape[-1])
     patches = coefficients.shape[0]
     side = math.isqrt(patches)
     if grid is None and side * side != patches:
-        raise ValueError(
+        raise LangBridgeUsageError(
             f"{patches} visual tokens do not form a square grid (CLS kept?); cannot place them on the image."
         )
     weights, ids = coefficients.float().topk(top_k, dim=-1)

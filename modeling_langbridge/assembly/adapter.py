@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from ..errors import LangBridgeUsageError, loading
 from ..files import atomic_folder, load_safetensors, read_checkpoint_tensors
 from .vocab import SharedVocabulary
 
@@ -52,16 +53,16 @@ class LangBridgeAdapter:
     def __post_init__(self):
         missing = sorted(set(PROJECTOR_SHAPES) - set(self.weights))
         if missing:
-            raise ValueError(f"The adapter weights lack {missing} (have {sorted(self.weights)}).")
+            raise LangBridgeUsageError(f"The adapter weights lack {missing} (have {sorted(self.weights)}).")
         sizes = {"H": self.projector_hidden_size, "T": self.shared_vocab_size, "Dv": self.vision_feature_size}
         for name, symbols in PROJECTOR_SHAPES.items():
             expected = tuple(sizes[s] for s in symbols)
             if tuple(self.weights[name].shape) != expected:
-                raise ValueError(
+                raise LangBridgeUsageError(
                     f"Adapter weight {name} has shape {tuple(self.weights[name].shape)}, expected {expected}."
                 )
         if len(self.vocabulary) != self.shared_vocab_size:
-            raise ValueError(
+            raise LangBridgeUsageError(
                 f"The adapter's output layer has {self.shared_vocab_size} rows but its vocabulary lists "
                 f"{len(self.vocabulary)} tokens: they must correspond one to one."
             )
@@ -93,21 +94,24 @@ class LangBridgeAdapter:
 
         config_file = Path(folder) / "config.json"
         if not config_file.exists():
-            raise ValueError(
+            raise LangBridgeUsageError(
                 f"{folder} is not a model folder (no config.json); give the folder a LangBridge model was saved to."
             )
-        model_type = json.loads(config_file.read_text()).get("model_type")
+        model_type = read_json_object(config_file).get("model_type")
         if model_type != LangBridgeConfig.model_type:
-            raise ValueError(
+            raise LangBridgeUsageError(
                 f"{folder} holds a {model_type!r} model, not a LangBridge one, so it has no adapter to export; "
                 "give a folder made by `langbridge compose`, `transfer` or training."
             )
-        config = LangBridgeConfig.from_pretrained(folder)
+        with loading("model", folder):
+            config = LangBridgeConfig.from_pretrained(folder)
         tensors = read_checkpoint_tensors(folder, PROJECTOR_PREFIX)
         weights = {
             k[len(PROJECTOR_PREFIX) :]: v for k, v in tensors.items() if k[len(PROJECTOR_PREFIX) :] in PROJECTOR_SHAPES
         }
-        vocabulary = SharedVocabulary.from_model(config, AutoTokenizer.from_pretrained(folder))
+        with loading("tokenizer of the model", folder):
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+        vocabulary = SharedVocabulary.from_model(config, tokenizer)
         return cls(weights, vocabulary, facts_of_config(config))
 
     def save_pretrained(self, folder: str | Path) -> Path:
@@ -138,12 +142,41 @@ class LangBridgeAdapter:
                 if (folder / "config.json").exists()
                 else ""
             )
-            raise ValueError(f"{folder} is not a LangBridge adapter (no {ADAPTER_CONFIG}).{hint}")
-        description = json.loads(config_file.read_text())
+            raise LangBridgeUsageError(f"{folder} is not a LangBridge adapter (no {ADAPTER_CONFIG}).{hint}")
+        description = read_json_object(config_file)
         if description.get("format") != FORMAT:
-            raise ValueError(f"{config_file} is not a LangBridge adapter description.")
+            raise LangBridgeUsageError(f"{config_file} is not a LangBridge adapter description.")
         facts = AdapterFacts(**{k: description[k] for k in AdapterFacts.__dataclass_fields__ if k in description})
+        check_facts(facts, config_file)
         return cls(load_safetensors(folder / ADAPTER_WEIGHTS), SharedVocabulary.load(folder / VOCABULARY_FILE), facts)
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON object from a file, or a refusal naming the file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LangBridgeUsageError(f"{path} is not a UTF-8 JSON file ({error}); download or save it again.") from None
+    if not isinstance(data, dict):
+        raise LangBridgeUsageError(f"{path} holds a JSON {type(data).__name__}, not an object; save it again.")
+    return data
+
+
+def check_facts(facts: AdapterFacts, source) -> None:
+    """An adapter description's settings, checked as the model config checks them, naming the file."""
+    from ..model.configuration_langbridge import check_setting
+
+    for name in (
+        "vision_feature_layer",
+        "vision_feature_select_strategy",
+        "coefficient_activation",
+        "combine_in_float32",
+        "projector_hidden_act",
+    ):
+        try:
+            check_setting(name, getattr(facts, name))
+        except ValueError as error:
+            raise LangBridgeUsageError(f"{source}: {error}") from None
 
 
 def facts_of_config(config) -> AdapterFacts:

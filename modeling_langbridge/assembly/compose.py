@@ -13,11 +13,12 @@ import torch
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForCausalLM, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
-from ..files import atomic_folder, require_source
-from ..model.configuration_langbridge import LangBridgeConfig
+from ..errors import LangBridgeUsageError, loading
+from ..files import atomic_folder, check_free_space, check_output_folder, require_source
+from ..model.configuration_langbridge import LangBridgeConfig, check_setting
 from ..model.modeling_langbridge import LangBridgeForConditionalGeneration, LangBridgeProjector, hub_kernels_wanted
 from ..model.processing_langbridge import LangBridgeProcessor, fixed_output_size
-from ..model.tiling_langbridge import check_tiling, grid_pinpoints
+from ..model.tiling_langbridge import check_tiling, check_untiled, grid_pinpoints
 from ..notices import DropKnownNotice
 from .chat_templates import ChatFormat, chat_format_for
 from .vocab import SharedVocabulary, VocabularyMapping, check_size
@@ -34,17 +35,65 @@ class Composed:
     notes: list[str] = field(default_factory=list)
 
     def save(self, out: str | Path) -> Path:
-        """Model, processor, tokenizer and remote code in one folder, written whole or not at all."""
+        """Model, processor, tokenizer and remote code in one folder, written whole or not at all. A disk without
+        room for the weights is refused before the first byte; one that fills up while writing is said as that."""
+        check_output_folder(out)
+        check_free_space(out, weights_bytes(self.model), "the model's weights")
         with atomic_folder(out) as scratch:
             self.model.save_pretrained(scratch)
             self.processor.save_pretrained(scratch)
         return Path(out)
 
 
+def weights_bytes(model) -> int:
+    """The bytes a model's saved weights take at least: its parameters and saved buffers, shared ones once."""
+    seen, total = set(), 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        key = (tensor.device, tensor.data_ptr())
+        if key in seen or tensor.device.type == "meta":
+            continue
+        seen.add(key)
+        total += tensor.numel() * tensor.element_size()
+    return total
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def check_dtype(dtype) -> None:
+    """`dtype` is "auto", the name of a floating-point dtype or a torch.dtype."""
+    if isinstance(dtype, torch.dtype) or dtype in DTYPES:
+        return
+    raise LangBridgeUsageError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)} (or a torch.dtype).")
+
+
+def check_language_model(name_or_path: str):
+    """The LLM's config, refused before its weights load when it is not a causal language model."""
+    with loading("language model", name_or_path):
+        config = AutoConfig.from_pretrained(name_or_path)
+    if type(config) not in AutoModelForCausalLM._model_mapping:
+        raise LangBridgeUsageError(
+            f"{name_or_path} is a {config.model_type!r} model, not a causal language model; give an LLM such as "
+            "Qwen2 or Llama as the language model."
+        )
+    return config
+
+
 def vision_config_of(name_or_path: str):
-    """The vision part's config, also for dual-encoder checkpoints (CLIP, SigLIP repos hold text + vision)."""
-    config = AutoConfig.from_pretrained(name_or_path)
-    return getattr(config, "vision_config", None) or config
+    """The vision part's config, also for dual-encoder checkpoints (CLIP, SigLIP repos hold text + vision); a model
+    that is not a vision tower (no image size or patch size) is refused."""
+    with loading("vision model", name_or_path):
+        config = AutoConfig.from_pretrained(name_or_path)
+    vision = getattr(config, "vision_config", None) or config
+    if (
+        not (hasattr(vision, "image_size") and hasattr(vision, "patch_size"))
+        or type(vision) not in AutoModel._model_mapping
+    ):
+        raise LangBridgeUsageError(
+            f"{name_or_path} is a {config.model_type!r} model, not a vision tower with patches; give a vision model "
+            "such as CLIP or SigLIP as the vision model."
+        )
+    return vision
 
 
 def load_vision_tower(name_or_path: str, dtype=None, use_kernels: bool | None = None):
@@ -54,13 +103,14 @@ def load_vision_tower(name_or_path: str, dtype=None, use_kernels: bool | None = 
     verbosity = transformers_logging.get_verbosity()
     transformers_logging.set_verbosity_error()
     try:
-        vision_tower, info = vision_class.from_pretrained(
-            name_or_path, dtype=dtype, output_loading_info=True, use_kernels=hub_kernels_wanted(use_kernels)
-        )
+        with loading("vision model", name_or_path):
+            vision_tower, info = vision_class.from_pretrained(
+                name_or_path, dtype=dtype, output_loading_info=True, use_kernels=hub_kernels_wanted(use_kernels)
+            )
     finally:
         transformers_logging.set_verbosity(verbosity)
     if info["missing_keys"]:
-        raise ValueError(
+        raise LangBridgeUsageError(
             f"{name_or_path} lacks {len(info['missing_keys'])} weights of its vision tower "
             f"(e.g. {sorted(info['missing_keys'])[:3]}): it is not a {vision_class.__name__} checkpoint."
         )
@@ -127,7 +177,7 @@ def check_vision_features(vision_config, layer: int | list[int], expected_size: 
     """An adapter's first layer takes vision features of one width; refuse a tower that gives another."""
     size = vision_config.hidden_size * (1 if isinstance(layer, int) else len(layer))
     if expected_size is not None and size != expected_size:
-        raise ValueError(
+        raise LangBridgeUsageError(
             f"The adapter takes {expected_size}-wide vision features but {name} gives {size} "
             f"(hidden_size {vision_config.hidden_size}). Use the vision model the adapter was trained with "
             "(--vision-model), or train a new adapter for this one."
@@ -187,7 +237,19 @@ def compose(
     require_source(language_model, "language model")
     check_size(shared_vocab_size, "shared vocabulary size (shared_vocab_size)")
     check_size(projector_hidden_size, "projector hidden size")
-    tokenizer = AutoTokenizer.from_pretrained(language_model)
+    check_dtype(dtype)
+    for name, value in (
+        ("projector_hidden_act", projector_hidden_act),
+        ("coefficient_activation", coefficient_activation),
+        ("combine_in_float32", combine_in_float32),
+        ("vision_feature_layer", vision_feature_layer),
+    ):
+        check_setting(name, value)
+    if image_grid_pinpoints is None:
+        check_untiled(vision_aspect_ratio, patch_merge_type)
+    check_language_model(language_model)
+    with loading("tokenizer of the language model", language_model):
+        tokenizer = AutoTokenizer.from_pretrained(language_model)
     chat, notes = prepare_tokenizer(tokenizer)
     vision_config = vision_config_of(vision_model)
     check_vision_features(vision_config, vision_feature_layer, expected_vision_feature_size, vision_model)
@@ -205,24 +267,28 @@ def compose(
     mapping = shared.map_onto(tokenizer)
     mapping.require(min_coverage, force)
 
-    llm = AutoModelForCausalLM.from_pretrained(language_model, dtype=dtype, use_kernels=hub_kernels_wanted(use_kernels))
+    with loading("language model", language_model):
+        llm = AutoModelForCausalLM.from_pretrained(
+            language_model, dtype=dtype, use_kernels=hub_kernels_wanted(use_kernels)
+        )
     notes += fit_embeddings(llm, tokenizer)
     vision_tower = load_vision_tower(vision_model, dtype=llm.dtype, use_kernels=use_kernels)
-    image_processor = AutoImageProcessor.from_pretrained(vision_model)
+    with loading("image processor of the vision model", vision_model):
+        image_processor = AutoImageProcessor.from_pretrained(vision_model)
     patch_size, extra_tokens, patches = vision_token_layout(vision_tower, image_processor)
     if extra_tokens not in (0, 1):
-        raise ValueError(
+        raise LangBridgeUsageError(
             f"{vision_model} adds {extra_tokens} tokens to its patches; only none or one CLS token is supported."
         )
     strategy = vision_feature_select_strategy or ("default" if extra_tokens == 1 else "full")
     if strategy == "default" and extra_tokens == 0:
-        raise ValueError(
+        raise LangBridgeUsageError(
             f"The projector expects a CLS token to drop (vision_feature_select_strategy='default') but {vision_model} "
             "has none; use 'full' for towers without CLS (e.g. SigLIP)."
         )
     if image_grid_pinpoints is not None:
         if strategy == "full" and extra_tokens:
-            raise ValueError(
+            raise LangBridgeUsageError(
                 "Tiling lays each view's tokens out as a square grid of patches, so the CLS token must be "
                 "dropped (vision_feature_select_strategy='default')."
             )
@@ -297,7 +363,7 @@ def tiled_image_processor(
     image_grid_pinpoints = [list(pair) if isinstance(pair, (list, tuple)) else pair for pair in image_grid_pinpoints]
     check_tiling(image_grid_pinpoints, tile_size, vision_aspect_ratio, patch_merge_type)
     if fixed_output_size(image_processor) != (tile_size, tile_size):
-        raise ValueError(
+        raise LangBridgeUsageError(
             f"Tiling needs an image processor that makes {tile_size} x {tile_size} views (the tower's input size); "
             f"{type(image_processor).__name__} makes {fixed_output_size(image_processor) or 'images of varying size'}."
         )

@@ -24,6 +24,7 @@ from transformers import (
 from transformers.initialization import no_init_weights
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from ..errors import LangBridgeUsageError, loading
 from ..files import load_torch_weights, read_checkpoint_tensors, read_tensor_file
 from ..model.configuration_langbridge import CLIP_VIT_L_336, LangBridgeConfig
 from ..model.processing_langbridge import LangBridgeProcessor
@@ -60,7 +61,7 @@ def official_projector_weights(state: dict[str, torch.Tensor], source: str) -> d
     expected = [f"{index}.{kind}" for index in OFFICIAL_LAYERS for kind in ("weight", "bias")]
     missing = [key for key in expected if key not in found]
     if missing:
-        raise ValueError(
+        raise LangBridgeUsageError(
             f"{source} lacks the official projector weights {['mm_projector.' + k for k in missing]} (found "
             f"{sorted(found) or sorted(state)[:6]}). An mm_vocab projector has Linear layers 0, 2 and 3."
         )
@@ -99,7 +100,7 @@ def llm_family(config: dict) -> str:
     for family in ("qwen", "llama", "mistral"):
         if family in architecture:
             return LLM_FAMILIES[f"llava_{family}"]
-    raise ValueError(
+    raise LangBridgeUsageError(
         f"Cannot tell the LLM family of model_type {model_type!r} / architectures {config.get('architectures')}."
     )
 
@@ -115,9 +116,10 @@ def official_vision_parts(name: str, aspect_ratio: str):
     """The vision config and image processor; the official CLIP ViT-L/14-336 is known without the Hub."""
     try:
         vision_config = vision_config_of(name)
-        image_processor = AutoImageProcessor.from_pretrained(name)
-    except OSError:
-        if name != OFFICIAL_VISION_TOWER:
+        with loading("image processor of the vision model", name):
+            image_processor = AutoImageProcessor.from_pretrained(name)
+    except LangBridgeUsageError as error:
+        if name != OFFICIAL_VISION_TOWER or not isinstance(error.__cause__, OSError):
             raise
         vision_config = CLIPVisionConfig(**CLIP_VIT_L_336)
         image_processor = CLIPImageProcessor(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
@@ -150,11 +152,16 @@ def convert_checkpoint(
     checkpoint = Path(checkpoint)
     config_file = checkpoint / "config.json"
     if not config_file.exists():
-        raise FileNotFoundError(f"{checkpoint} has no config.json: not a checkpoint folder of the official code.")
-    official = json.loads(config_file.read_text())
-    if official.get("mm_projector_type") != "mm_vocab":
-        raise ValueError(
-            f"{checkpoint} has mm_projector_type={official.get('mm_projector_type')!r}, not 'mm_vocab': not a LangBridge checkpoint."
+        raise LangBridgeUsageError(f"{checkpoint} has no config.json: not a checkpoint folder of the official code.")
+    try:
+        official = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LangBridgeUsageError(f"{config_file} is not a UTF-8 JSON file ({error}); download it again.") from None
+    projector_type = official.get("mm_projector_type") if isinstance(official, dict) else None
+    if projector_type != "mm_vocab":
+        raise LangBridgeUsageError(
+            f"{checkpoint} has mm_projector_type={projector_type!r}, not 'mm_vocab': not a LangBridge checkpoint of the "
+            "official code."
         )
     tiled = official_tiling(official, checkpoint)
     notes = ["converted from the official code: raw-logit coefficients, combination in float32"]
@@ -165,7 +172,10 @@ def convert_checkpoint(
         tiled = None
 
     family = llm_family(official)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    with loading("LLM config of the checkpoint", config_file):
+        text_config = text_config_of(official, family)
+    with loading("tokenizer of the checkpoint", checkpoint):
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
     vocab_ids, vocab_tokens = official_vocabulary_ids(vocab_file, tokenizer)
     chat = chat_format_for(tokenizer)
     if family in OFFICIAL_SYSTEM_PROMPTS and chat.name != "plain":
@@ -175,15 +185,22 @@ def convert_checkpoint(
 
     weights = read_checkpoint_tensors(checkpoint)
     projector_weights = official_projector_weights(weights, str(checkpoint))
-    llm = build_llm(text_config_of(official, family), weights)
+    llm = build_llm(text_config, weights)
     notes += fit_embeddings(llm, tokenizer)
 
     vision_name = vision_model or official.get("mm_vision_tower") or OFFICIAL_VISION_TOWER
     vision_config, image_processor = official_vision_parts(vision_name, official.get("image_aspect_ratio", "square"))
     if tiled:
+        try:
+            grid = official_grid_pinpoints(official["image_grid_pinpoints"], vision_config.image_size)
+        except (ValueError, SyntaxError, TypeError, IndexError) as error:
+            raise LangBridgeUsageError(
+                f"{config_file}: image_grid_pinpoints {official['image_grid_pinpoints']!r} cannot be read ({error}); "
+                "the official code writes it as a list of [width, height] pairs or a range such as '(1x1),...,(3x3)'."
+            ) from None
         pinpoints, image_processor = tiled_image_processor(
             image_processor,
-            official_grid_pinpoints(official["image_grid_pinpoints"], vision_config.image_size),
+            grid,
             vision_config.image_size,
             tiled["vision_aspect_ratio"],
             tiled["patch_merge_type"],
@@ -200,7 +217,7 @@ def convert_checkpoint(
     )
     layer = official.get("mm_vision_select_layer", -2)
     if projector_weights["linear_1.weight"].shape[1] != vision_config.hidden_size:
-        raise ValueError(
+        raise LangBridgeUsageError(
             f"The projector takes {projector_weights['linear_1.weight'].shape[1]}-wide features but {vision_name} "
             f"gives {vision_config.hidden_size}; pass the right --vision-model."
         )
@@ -252,16 +269,16 @@ def official_tiling(official: dict, checkpoint: Path) -> dict | None:
     if aspect_ratio in ("square", "pad"):
         return None
     if aspect_ratio != "anyres" and not re.fullmatch(r"anyres_max_\d+", aspect_ratio):
-        raise ValueError(
+        raise LangBridgeUsageError(
             f"{checkpoint} uses image_aspect_ratio={aspect_ratio!r}; only square, pad, anyres and anyres_max_N convert."
         )
     if merge not in ("spatial_unpad", "spatial", "flat"):
-        raise ValueError(
+        raise LangBridgeUsageError(
             f"{checkpoint} uses mm_patch_merge_type={merge!r}; only spatial_unpad, spatial and flat convert (the "
             "official code's maxpool2x2, nobase and video variants are not implemented)."
         )
     if not official.get("image_grid_pinpoints"):
-        raise ValueError(
+        raise LangBridgeUsageError(
             f"{checkpoint} tiles images (image_aspect_ratio={aspect_ratio!r}) but its config has no image_grid_pinpoints."
         )
     return {"vision_aspect_ratio": aspect_ratio, "patch_merge_type": merge}
@@ -285,7 +302,7 @@ def official_image_newline(weights: dict[str, torch.Tensor], checkpoint: Path, l
     width = llm.config.hidden_size
     if newline is None or tuple(newline.shape) != (width,):
         found = "none" if newline is None else f"one of shape {tuple(newline.shape)}"
-        raise ValueError(
+        raise LangBridgeUsageError(
             f"{checkpoint} tiles with spatial_unpad, which needs its learned model.image_newline [{width}], but the "
             f"checkpoint has {found}. Convert the complete checkpoint, or pass --no-tiling for a single view."
         )
@@ -300,7 +317,7 @@ def official_vocabulary_ids(vocab_file, tokenizer) -> tuple[list[int], list[str]
     wrong = [(token, i) for token, i in zip(raw_tokens, ids) if tokenizer.convert_ids_to_tokens(i) != token]
     if wrong:
         token, token_id = wrong[0]
-        raise ValueError(
+        raise LangBridgeUsageError(
             f"{vocab_file} does not belong to this checkpoint's tokenizer: {len(wrong)} of its ids name other "
             f"tokens (id {token_id} is {tokenizer.convert_ids_to_tokens(token_id)!r} here, {token!r} in the file). "
             "Pass the vocabulary file made for this LLM (19200_<llm>_sub_llava_share_intersect_llama_qwen.json)."
@@ -314,7 +331,7 @@ def build_llm(text_config, weights: dict[str, torch.Tensor]):
     llm, missing = _from_tensors(AutoModelForCausalLM, text_config, state, "LLM")
     missing = [k for k in missing if not (k == "lm_head.weight" and text_config.tie_word_embeddings)]
     if missing:
-        raise ValueError(f"The checkpoint lacks LLM weights its config calls for: {missing[:5]}.")
+        raise LangBridgeUsageError(f"The checkpoint lacks LLM weights its config calls for: {missing[:5]}.")
     if text_config.tie_word_embeddings:
         llm.tie_weights()
     return llm
@@ -327,7 +344,7 @@ def build_vision_tower(vision_config, weights: dict[str, torch.Tensor], name: st
         return load_vision_tower(name, dtype=dtype, use_kernels=use_kernels)
     tower, missing = _from_tensors(AutoModel, vision_config, state, "vision tower")
     if missing:
-        raise ValueError(f"The checkpoint's vision tower lacks {missing[:5]}.")
+        raise LangBridgeUsageError(f"The checkpoint's vision tower lacks {missing[:5]}.")
     return tower
 
 
@@ -339,7 +356,7 @@ def _from_tensors(auto_class, config, state: dict[str, torch.Tensor], what: str)
         model = auto_class.from_config(config, dtype=dtype)
     result = model.load_state_dict(state, strict=False, assign=True)
     if result.unexpected_keys:
-        raise ValueError(
+        raise LangBridgeUsageError(
             f"The checkpoint's {what} weights do not fit its config: unexpected {result.unexpected_keys[:5]}."
         )
     return model.eval(), result.missing_keys
@@ -361,7 +378,7 @@ def official_embedding_matrix(
     matrix = load_torch_weights(path)
     live = llm.get_input_embeddings().weight[torch.tensor(vocab_ids)].detach().float()
     if not isinstance(matrix, torch.Tensor) or tuple(matrix.shape) != tuple(live.shape):
-        raise ValueError(f"{path} is not a [{live.shape[0]}, {live.shape[1]}] embedding matrix.")
+        raise LangBridgeUsageError(f"{path} is not a [{live.shape[0]}, {live.shape[1]}] embedding matrix.")
     drift = (matrix.float() - live).abs().max().item()
     if drift <= 1e-6 * max(1.0, live.abs().max().item()):
         notes.append(f"official embedding matrix {path.name} equals the checkpoint's embeddings: E read live")

@@ -17,7 +17,7 @@ def texts_of_record(record: dict, text_field: str | None = None) -> Iterator[str
     """The texts in one record: a named field, LLaVA `conversations`, chat `messages`, or `text`/`caption`."""
     if text_field is not None:
         if text_field not in record:
-            raise ValueError(
+            raise LangBridgeUsageError(
                 f"A record has no {text_field!r} field (it has {sorted(record)}); pick another --text-field."
             )
         values = record[text_field]
@@ -37,7 +37,9 @@ def texts_of_record(record: dict, text_field: str | None = None) -> Iterator[str
             if key in record:
                 yield record[key]
                 return
-        raise ValueError(f"Cannot tell which field of a record is text (fields: {sorted(record)}); pass --text-field.")
+        raise LangBridgeUsageError(
+            f"Cannot tell which field of a record is text (fields: {sorted(record)}); pass --text-field."
+        )
 
 
 def iter_json_array(path: str | Path, chunk_size: int = 1 << 18) -> Iterator:
@@ -55,13 +57,13 @@ def iter_json_array(path: str | Path, chunk_size: int = 1 << 18) -> Iterator:
         refill()
         position = _skip(buffer, 0, " \t\r\n")
         if buffer[position : position + 1] != "[":
-            raise ValueError(f"{path} is not a JSON array (LLaVA JSON files start with '[').")
+            raise LangBridgeUsageError(f"{path} is not a JSON array (LLaVA JSON files start with '[').")
         position += 1
         while True:
             position = _skip(buffer, position, " \t\r\n,")
             if position == len(buffer):
                 if at_end:
-                    raise ValueError(f"{path} ends inside its JSON array: the file is truncated.")
+                    raise LangBridgeUsageError(f"{path} ends inside its JSON array: the file is truncated.")
                 refill()
                 continue
             if buffer[position] == "]":
@@ -70,7 +72,9 @@ def iter_json_array(path: str | Path, chunk_size: int = 1 << 18) -> Iterator:
                 element, end = decoder.raw_decode(buffer, position)
             except json.JSONDecodeError as error:
                 if at_end:
-                    raise ValueError(f"{path} is not valid JSON near character {error.pos}: {error.msg}") from error
+                    raise LangBridgeUsageError(
+                        f"{path} is not valid JSON near character {error.pos}: {error.msg}"
+                    ) from error
                 refill()
                 continue
             if end == len(buffer) and not at_end:  # a number may go on in the next chunk
@@ -91,7 +95,7 @@ def iter_corpus(paths: list[str | Path], text_field: str | None = None) -> Itera
     not UTF-8 text, or a record that cannot be read, is refused with the file and line (or record) number."""
     for path in map(Path, paths):
         if not path.is_file():
-            raise FileNotFoundError(f"Corpus file {path} does not exist; give existing .txt, .jsonl or .json files.")
+            raise LangBridgeUsageError(f"Corpus file {path} does not exist; give existing .txt, .jsonl or .json files.")
         yield from _iter_file(path, text_field)
 
 
@@ -151,7 +155,20 @@ def iter_dataset_column(name_or_path: str, column: str, split: str = "train") ->
     """A `datasets` column, streamed (no full download or Arrow cache of the corpus)."""
     from datasets import load_dataset
 
-    for row in load_dataset(name_or_path, split=split, streaming=True):
+    from ..errors import loading
+
+    with loading("dataset", name_or_path):
+        rows = iter(load_dataset(name_or_path, split=split, streaming=True))
+    while True:
+        with loading("dataset", name_or_path):  # streamed: reading goes on while the rows are counted
+            row = next(rows, None)
+        if row is None:
+            return
+        if column not in row:
+            raise LangBridgeUsageError(
+                f"The dataset {name_or_path} has no column {column!r} (it has {sorted(row)}); pass --column naming "
+                "its text."
+            )
         value = row[column]
         yield from _nonempty(value if isinstance(value, list) else [value])
 

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from ..errors import LangBridgeUsageError
-from ..model.configuration_langbridge import LangBridgeConfig
+from ..model.configuration_langbridge import LangBridgeConfig, check_setting, settings_from
 
 # Keys that are compose's arguments, under the config's names.
 SETTINGS = (
@@ -45,22 +45,34 @@ def read_hub_config(path: str | Path) -> dict:
     path = Path(path)
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise LangBridgeUsageError(f"{path} is not valid JSON ({error}); give a hub_configs/*.json file.") from None
+    if not isinstance(raw, dict):
+        raise LangBridgeUsageError(
+            f"{path} holds a JSON {type(raw).__name__}, not an object of settings; give a hub_configs/*.json file."
+        )
     unknown = sorted(set(raw) - set(SETTINGS) - set(DERIVED) - set(MODELS))
     if unknown:
         raise LangBridgeUsageError(
             f"{path} has keys a LangBridge hub config does not have: {', '.join(unknown)}. Settings are "
             f"{', '.join(SETTINGS)}; see hub_configs/ for complete examples."
         )
+    for key in MODELS:
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise LangBridgeUsageError(f"{path}: {key} must be a path or Hub id (text), not {raw[key]!r}.")
     checked = {k: v for k, v in raw.items() if k not in ("model_type", "transformers_version")}
-    if "vision_config" not in raw:
-        # Tiles are multiples of the vision tower's input size, known only once compose loads the tower (it checks).
-        checked.pop("image_grid_pinpoints", None)
-    config = LangBridgeConfig(**checked)
-    settings = {
-        name: raw[name] if name == "image_grid_pinpoints" else getattr(config, name) for name in SETTINGS if name in raw
-    }
+    from_raw = ("image_grid_pinpoints",)
+    if "vision_config" not in raw and raw.get("image_grid_pinpoints") is not None:
+        # Tiles are multiples of the vision tower's input size, known only once compose loads the tower (it checks
+        # them); here the tiling settings are checked for their form only.
+        from_raw = ("image_grid_pinpoints", "vision_aspect_ratio", "patch_merge_type")
+        with settings_from(str(path)):
+            for name in from_raw:
+                if name in checked:
+                    check_setting(name, checked.pop(name))
+    with settings_from(str(path)):
+        config = LangBridgeConfig(**checked)
+    settings = {name: raw[name] if name in from_raw else getattr(config, name) for name in SETTINGS if name in raw}
     settings.update({argument: raw[key] for key, argument in MODELS.items() if raw.get(key)})
     return settings
 
@@ -77,7 +89,7 @@ COMPARED = (
 
 def derived_differences(path: str | Path, built: LangBridgeConfig) -> list[str]:
     """Notes where the composed model differs from what the hub config recorded (e.g. a Hub model that changed)."""
-    raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    raw = json.loads(Path(path).read_text(encoding="utf-8"))  # read_hub_config has checked it
     notes = []
     for where, key in COMPARED:
         recorded = (raw.get(where) or {}).get(key) if where else raw.get(key)

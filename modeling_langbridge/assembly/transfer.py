@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import LangBridgeUsageError
 from .adapter import LangBridgeAdapter
 from .compose import DEFAULT_MIN_COVERAGE, Composed, compose
 
@@ -29,7 +30,7 @@ def transfer(
     facts = adapter.facts
     vision_model = vision_model or facts.vision_model_name_or_path
     if not vision_model:
-        raise ValueError("The adapter does not record its vision model; pass --vision-model.")
+        raise LangBridgeUsageError("The adapter does not record its vision model; pass --vision-model.")
     composed = compose(
         vision_model,
         language_model,

@@ -19,12 +19,17 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..errors import LangBridgeUsageError
+from ..errors import LangBridgeUsageError, resource_error
 from ..files import write_text_atomic
 
 BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 BYTE_ESCAPES = re.compile(r"(?:<0x[0-9A-F]{2}>)+")
 FORMAT = "langbridge-shared-vocabulary"
+# Official vocabulary files map tokens to ids; a token -> count frequency file looks the same. Its counts give it away:
+# values beyond any tokenizer's size (the largest have about 260,000 tokens), or, without a tokenizer to compare with,
+# values falling all the way through the file (tokens ranked by frequency do not have falling ids).
+LARGEST_TOKENIZER = 2**21
+FALLING_RUN = 8
 
 
 @lru_cache(maxsize=1)
@@ -189,12 +194,12 @@ class VocabularyMapping:
     def require(self, min_coverage: float, force: bool = False) -> None:
         """Refuse a mapping too poor to carry a trained adapter, naming the coverage and the overrides."""
         if self.missing:
-            raise ValueError(
+            raise LangBridgeUsageError(
                 f"{len(self.missing)} shared-vocabulary tokens cannot be spelled by {self.tokenizer_name} at all "
                 f"(e.g. {self.missing[:5]}); an adapter needs an embedding for every token."
             )
         if self.coverage < min_coverage and not force:
-            raise ValueError(
+            raise LangBridgeUsageError(
                 f"Only {self.coverage:.1%} of the shared vocabulary is in {self.tokenizer_name} exactly "
                 f"({len(self.composed)} tokens would be composed from sub-tokens), below the minimum of "
                 f"{min_coverage:.0%}. Lower it with --min-coverage, or pass --force to transfer anyway."
@@ -212,7 +217,7 @@ class SharedVocabulary:
     def __post_init__(self):
         if len(set(self.tokens)) != len(self.tokens):
             duplicates = [t for t, n in Counter(self.tokens).items() if n > 1]
-            raise ValueError(f"A shared vocabulary lists each token once; repeated: {duplicates[:5]}")
+            raise LangBridgeUsageError(f"A shared vocabulary lists each token once; repeated: {duplicates[:5]}")
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -237,7 +242,7 @@ class SharedVocabulary:
         read once, in batches.
         """
         if len(tokenizers) < 2:
-            raise ValueError("A shared vocabulary needs at least two tokenizers.")
+            raise LangBridgeUsageError("A shared vocabulary needs at least two tokenizers.")
         if size is not None:
             check_size(size)
         vocabularies = [TokenizerVocabulary(t) for t in tokenizers]
@@ -256,7 +261,7 @@ class SharedVocabulary:
         candidates = [text for text in shared if counts[text] >= min_count]
         size = len(candidates) if size is None else size
         if len(candidates) < size:
-            raise ValueError(
+            raise LangBridgeUsageError(
                 f"The tokenizers share {len(shared)} tokens in normal form, {len(candidates)} of them seen at least "
                 f"{min_count} time(s) in the corpus; a vocabulary of {size} cannot be drawn from them. Ask for at most "
                 f"{len(candidates)} tokens, or a larger corpus."
@@ -282,7 +287,7 @@ class SharedVocabulary:
         vocabulary = TokenizerVocabulary(tokenizer)
         ids = vocabulary.word_like_ids()
         if len(ids) < size:
-            raise ValueError(
+            raise LangBridgeUsageError(
                 f"The tokenizer has only {len(ids)} ordinary word-like tokens; a shared vocabulary of {size} "
                 "cannot be drawn from it. Ask for a smaller size."
             )
@@ -302,7 +307,9 @@ class SharedVocabulary:
         try:
             tokens = [vocabulary.text_of_entry(entry) for entry in config.vocab_token_ids]
         except KeyError as error:
-            raise ValueError(f"Vocabulary id {error} is special or absent in the model's tokenizer.") from error
+            raise LangBridgeUsageError(
+                f"Vocabulary id {error} is special or absent in the model's tokenizer."
+            ) from error
         return cls(tokens=tokens, source={"from_model": config.language_model_name_or_path or ""})
 
     def map_onto(self, tokenizer) -> VocabularyMapping:
@@ -343,7 +350,7 @@ class SharedVocabulary:
             and all(isinstance(t, str) for t in payload["tokens"])
         )
         if not valid:
-            raise ValueError(
+            raise LangBridgeUsageError(
                 f'{path} is not a shared-vocabulary file (expected JSON with "format": "{FORMAT}" and a list of '
                 '"tokens"). Build one with `langbridge vocab build`; official LangBridge vocabularies '
                 "(token -> id) go through `langbridge convert-official`."
@@ -361,7 +368,9 @@ class SharedVocabulary:
         spelled = {token: token_bytes(token, byte_level) for token in payload}
         unreadable = [token for token, data in spelled.items() if not data]
         if unreadable:
-            raise ValueError(f"{path}: {len(unreadable)} tokens are not byte-level spellings, e.g. {unreadable[:5]}")
+            raise LangBridgeUsageError(
+                f"{path}: {len(unreadable)} tokens are not byte-level spellings, e.g. {unreadable[:5]}"
+            )
         tokens = [normal_form(data) for data in spelled.values()]
         return cls(tokens=tokens, source={"official_file": path.name, "official_ids": list(payload.values())})
 
@@ -370,7 +379,8 @@ def read_official_vocabulary(path: str | Path, tokenizer_size: int | None = None
     """An official LangBridge vocabulary file as token string -> id, most frequent first: a JSON object of
     byte-level token string -> id (the 19,200-token files), or a list of `{token: [id, position]}` (the
     25,600-token Llama-3 file). The ids must be token ids: unique, non-negative, and below `tokenizer_size` when it
-    is given; a token -> count frequency file is refused.
+    is given; a token -> count frequency file (repeated or negative values, values beyond any tokenizer's size, or
+    values falling through the whole file) is refused.
     """
     path = Path(path)
     payload = _read_json(path, "an official vocabulary file")
@@ -398,7 +408,7 @@ def read_official_vocabulary(path: str | Path, tokenizer_size: int | None = None
         if len(payload) != len(entries):
             raise LangBridgeUsageError(f"{path} lists a token more than once.")
     if not isinstance(payload, dict) or not payload or not all(map(is_int, payload.values())):
-        raise ValueError(
+        raise LangBridgeUsageError(
             f"{path} is not an official LangBridge vocabulary: expected a JSON object of token string -> id (like "
             "vocab/19200_*_sub_llava_share_intersect_llama_qwen.json) or a list of {token: [id, position]} (the "
             "25,600-token Llama-3 file)."
@@ -412,6 +422,17 @@ def read_official_vocabulary(path: str | Path, tokenizer_size: int | None = None
             "it looks like a token -> count frequency file. Give the vocabulary file whose values are the LLM's "
             "token ids."
         )
+    if max(ids) >= LARGEST_TOKENIZER:
+        raise LangBridgeUsageError(
+            f"{path} maps tokens to values up to {max(ids):,}, more than any tokenizer has tokens: it looks like a token "
+            "-> count frequency file. Give the vocabulary file whose values are the LLM's token ids."
+        )
+    if len(ids) >= FALLING_RUN and all(a > b for a, b in zip(ids, ids[1:])):
+        raise LangBridgeUsageError(
+            f"{path} maps its {len(ids)} tokens to values that fall from {ids[0]:,} to {ids[-1]:,} in the file's "
+            "order, as the counts of a token -> count frequency file do (token ids ranked by frequency are never "
+            "ordered so). Give the vocabulary file whose values are the LLM's token ids."
+        )
     if tokenizer_size is not None and (too_big := [i for i in ids if i >= tokenizer_size]):
         raise LangBridgeUsageError(
             f"{path} has {len(too_big)} ids at or above the tokenizer's size {tokenizer_size} (e.g. {too_big[0]}): "
@@ -423,7 +444,9 @@ def read_official_vocabulary(path: str | Path, tokenizer_size: int | None = None
 def _read_json(path: Path, what: str):
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except OSError as error:
+        raise resource_error(path, error, "read") or error from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise LangBridgeUsageError(f"{path} is not {what} ({error}); give a UTF-8 JSON file of that kind.") from None
 
 

@@ -2,13 +2,15 @@
 
 from pathlib import Path
 
+from ..errors import LangBridgeUsageError, loading
 from ..model.processing_langbridge import open_image
 from .common import add_kernels_option, command, defaults_of, positive_int
 
 
 def load_for_analysis(model_dir, use_kernels: bool | None = None):
     """A model folder (ours through the registered Auto classes, or any LLaVA-style VLM) in eval mode; weights that
-    are damaged, or pickles holding more than tensors, are refused with the folder's name."""
+    are damaged, or pickles holding more than tensors, are refused with the folder's name, and so is a folder that
+    does not hold a model transformers can load."""
     import pickle
 
     from safetensors import SafetensorError
@@ -19,18 +21,38 @@ def load_for_analysis(model_dir, use_kernels: bool | None = None):
     from ..model.modeling_langbridge import hub_kernels_wanted
 
     if not (Path(model_dir) / "config.json").exists():
-        raise FileNotFoundError(
+        raise LangBridgeUsageError(
             f"{model_dir} is not a model folder (no config.json); give the folder a model was saved to."
         )
     try:
-        model = AutoModelForImageTextToText.from_pretrained(
-            model_dir, use_kernels=hub_kernels_wanted(use_kernels)
-        ).eval()
+        with loading("model", model_dir):
+            model = AutoModelForImageTextToText.from_pretrained(
+                model_dir, use_kernels=hub_kernels_wanted(use_kernels)
+            ).eval()
     except SafetensorError as error:
         raise damaged_safetensors_error(", ".join(map(str, checkpoint_files(Path(model_dir)))), error) from None
     except pickle.UnpicklingError:
         raise pickled_weights_error(", ".join(map(str, checkpoint_files(Path(model_dir))))) from None
-    return model, AutoProcessor.from_pretrained(model_dir)
+    with loading("processor of the model", model_dir):
+        processor = AutoProcessor.from_pretrained(model_dir)
+    return model, processor
+
+
+def vocabulary_size(model_dir) -> int | None:
+    """T, the shared vocabulary's size, from a LangBridge folder's config.json (read as JSON, before any weights);
+    None for other models."""
+    import json
+
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # loading the model says what is wrong with it
+    if not isinstance(config, dict) or config.get("model_type") != "langbridge":
+        return None
+    size = config.get("shared_vocab_size")
+    if not isinstance(size, int) and isinstance(config.get("vocab_token_ids"), list):
+        size = len(config["vocab_token_ids"])
+    return size if isinstance(size, int) and not isinstance(size, bool) else None
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -45,14 +67,20 @@ def interpret_command(args) -> int:
 
     for flag, out in (("--out", args.out), ("--json", args.json)):
         if out is not None and same_file(out, args.image):
-            raise ValueError(
+            raise LangBridgeUsageError(
                 f"{flag} {out} is the input image; writing it would destroy the image. Give another file name."
             )
     if args.json is not None and same_file(args.out, args.json):
-        raise ValueError(f"--out and --json are the same file {args.out}; give each its own name.")
+        raise LangBridgeUsageError(f"--out and --json are the same file {args.out}; give each its own name.")
     for out in (args.out, args.json):  # before any work
         if out is not None:
             refuse_overwrite(out, args.overwrite)
+    size = vocabulary_size(args.model)
+    if size is not None and args.method != "nearest" and args.top_k > size:
+        raise LangBridgeUsageError(
+            f"--top-k {args.top_k} is more than the {size} tokens of {args.model}'s shared vocabulary; give at most "
+            f"{size}."
+        )
     image = open_image(args.image)
     model, processor = load_for_analysis(args.model, args.use_kernels)
     method = args.method or ("coefficients" if model.config.model_type == "langbridge" else "nearest")
@@ -84,10 +112,11 @@ def interpret_command(args) -> int:
 
 def eval_command(args) -> int:
     from ..analysis.evaluation import evaluate, output_paths, read_questions
-    from ..files import refuse_overwrite
+    from ..files import check_writable, refuse_overwrite
 
     out = args.out or args.data.with_suffix("")
     for path in output_paths(out):  # before answering anything
+        check_writable(path, "file", "--out" if args.out else "beside --data, as no --out was given")
         refuse_overwrite(path, args.overwrite)
     records = read_questions(args.data)
     image_folder = args.image_folder or args.data.parent
@@ -113,7 +142,7 @@ def check_images(records: list[dict], image_folder: Path, given: bool) -> None:
     missing = [r for r in records if not (image_folder / r["image"]).exists()]
     if missing:
         where = "--image-folder" if given else "the folder of --data, as no --image-folder was given"
-        raise FileNotFoundError(
+        raise LangBridgeUsageError(
             f"{len(missing)} of {len(records)} images are not in {image_folder} ({where}), e.g. {missing[0]['image']} "
             f"(from {missing[0]['_source']}); give the folder that holds them with --image-folder."
         )
@@ -125,12 +154,12 @@ def alignment_command(args) -> int:
 
     figures = args.out.with_suffix(".json")
     if same_file(args.out, figures):
-        raise ValueError(f"--out {args.out} ends in .json, where the figures go; give the plot a .png name.")
+        raise LangBridgeUsageError(f"--out {args.out} ends in .json, where the figures go; give the plot a .png name.")
     for out in (args.out, figures):  # before any work
         refuse_overwrite(out, args.overwrite)
     checkpoints = expand_checkpoints(args.checkpoints)
     if len(checkpoints) < 2:
-        raise ValueError(
+        raise LangBridgeUsageError(
             f"found {len(checkpoints)} checkpoint(s) in {args.checkpoints}; give two or more model folders "
             "(or a training output folder holding checkpoint-N folders)"
         )
@@ -140,12 +169,17 @@ def alignment_command(args) -> int:
         for p in (sorted(path.glob("*.png")) + sorted(path.glob("*.jpg")) if path.is_dir() else [path])
     ]
     image_paths = image_paths[: args.max_images]
+    if not image_paths:
+        raise LangBridgeUsageError(
+            f"--images {' '.join(map(str, args.images))} holds no image (*.png or *.jpg in a folder); give image files "
+            "or folders of them."
+        )
     captions = None
     if args.captions:
         by_name = read_captions(args.captions)
         missing = [p.name for p in image_paths if p.name not in by_name]
         if missing:
-            raise ValueError(f"{args.captions} has no caption for {len(missing)} image(s), e.g. {missing[0]}")
+            raise LangBridgeUsageError(f"{args.captions} has no caption for {len(missing)} image(s), e.g. {missing[0]}")
         captions = [by_name[p.name] for p in image_paths]
     points = alignment_curve(checkpoints, [open_image(p) for p in image_paths], captions, use_kernels=args.use_kernels)
     for point in points:
@@ -185,7 +219,12 @@ def add_commands(commands) -> None:
     p.add_argument("--json", type=Path, help="also write tokens, weights and the patch grid as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace existing --out / --json files")
     add_kernels_option(p)
-    command(p, interpret_command, existing=(("image", "image file"), ("model", "model folder")))
+    command(
+        p,
+        interpret_command,
+        existing=(("image", "image file"), ("model", "model folder")),
+        outputs=(("out", "file"), ("json", "file")),
+    )
 
     p = commands.add_parser("eval", help="VQA accuracy and exact match by generation, per category")
     p.add_argument("--model", required=True, type=Path, help="a model folder")
@@ -243,4 +282,5 @@ def add_commands(commands) -> None:
             ("images", "image file or folder"),
             ("captions", "captions file"),
         ),
+        outputs=(("out", "file"),),
     )

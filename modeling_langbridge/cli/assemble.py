@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+from ..errors import LangBridgeUsageError
 from .common import add_kernels_option, command, defaults_of, positive_int, print_notes, share
 
 EXISTING_VOCAB = (("vocab", "shared-vocabulary file"),)
@@ -32,7 +33,7 @@ def compose_settings(args) -> dict:
             settings[name] = getattr(args, name)
     missing = [f"--{key.replace('_', '-')}" for key in ("vision_model", "language_model") if not settings.get(key)]
     if missing:
-        raise ValueError(f"{' and '.join(missing)} required (or --config naming them)")
+        raise LangBridgeUsageError(f"{' and '.join(missing)} required (or --config naming them)")
     return settings
 
 
@@ -92,23 +93,32 @@ def export_adapter_command(args) -> int:
     return 0
 
 
-def vocab_build_command(args) -> int:
+def load_tokenizer(name):
     from transformers import AutoTokenizer
 
+    from ..errors import loading
+
+    with loading("tokenizer", name):
+        return AutoTokenizer.from_pretrained(name)
+
+
+def vocab_build_command(args) -> int:
     from ..assembly.corpus import iter_corpus, iter_dataset_column
     from ..assembly.vocab import SharedVocabulary
     from ..files import refuse_overwrite
 
     if bool(args.corpus) == bool(args.dataset):
-        raise ValueError("Give the corpus as --corpus FILE... or as --dataset NAME --column COLUMN (one of the two).")
+        raise LangBridgeUsageError(
+            "Give the corpus as --corpus FILE... or as --dataset NAME --column COLUMN (one of the two)."
+        )
     if len(args.tokenizer) < 2:
-        raise ValueError("A shared vocabulary needs two or more tokenizers; repeat --tokenizer.")
+        raise LangBridgeUsageError("A shared vocabulary needs two or more tokenizers; repeat --tokenizer.")
     refuse_overwrite(args.out, args.overwrite)  # before counting, not after
     if args.dataset:
         texts, corpus_name = iter_dataset_column(args.dataset, args.column, args.split), f"{args.dataset}:{args.column}"
     else:
         texts, corpus_name = iter_corpus(args.corpus, args.text_field), ", ".join(Path(p).name for p in args.corpus)
-    tokenizers = [AutoTokenizer.from_pretrained(name) for name in args.tokenizer]
+    tokenizers = [load_tokenizer(name) for name in args.tokenizer]
     vocabulary = SharedVocabulary.build(tokenizers, texts, args.size, corpus_name=corpus_name)
     vocabulary.save(args.out, overwrite=args.overwrite)
     print(f"Saved {len(vocabulary)} shared tokens to {args.out} (from {vocabulary.source['corpus_texts']} texts)")
@@ -117,8 +127,6 @@ def vocab_build_command(args) -> int:
 
 
 def vocab_inspect_command(args) -> int:
-    from transformers import AutoTokenizer
-
     from ..assembly.vocab import SharedVocabulary
 
     vocabulary = SharedVocabulary.load(args.vocab)
@@ -131,7 +139,7 @@ def vocab_inspect_command(args) -> int:
         + ", ".join(f"{t!r}" + (f" ({n})" if n is not None else "") for t, n in zip(vocabulary.tokens[:15], counts))
     )
     for name in args.tokenizer or []:
-        print(vocabulary.map_onto(AutoTokenizer.from_pretrained(name)).report())
+        print(vocabulary.map_onto(load_tokenizer(name)).report())
     return 0
 
 
@@ -139,7 +147,7 @@ def convert_official_command(args) -> int:
     from ..assembly.convert_official import convert_checkpoint, convert_projector
 
     if bool(args.projector) == bool(args.checkpoint):
-        raise ValueError(
+        raise LangBridgeUsageError(
             "Convert either a stage-1 projector (--projector FILE --vocab FILE) or a full checkpoint "
             "(--checkpoint DIR --vocab FILE)."
         )
@@ -179,7 +187,11 @@ def add_transfer_safety(parser, defaults: dict) -> None:
         help="least share of the vocabulary the LLM must have exactly",
     )
     parser.add_argument("--force", action="store_true", help="proceed below --min-coverage")
-    parser.add_argument("--dtype", default=defaults["dtype"], help="auto (the LLM's), float32, bfloat16, float16")
+    from ..assembly.compose import DTYPES
+
+    parser.add_argument(
+        "--dtype", default=defaults["dtype"], choices=DTYPES, help="the weights' dtype; auto: the LLM's own"
+    )
 
 
 def add_commands(commands) -> None:
@@ -244,6 +256,7 @@ def add_commands(commands) -> None:
         compose_command,
         existing=(("config", "hub config JSON"), *EXISTING_VOCAB),
         sources=("vision_model", "language_model"),
+        outputs=(("out", "folder"),),
     )
 
     p = commands.add_parser("transfer", help="attach a trained adapter to another LLM, without pretraining again")
@@ -253,12 +266,18 @@ def add_commands(commands) -> None:
     p.add_argument("--out", required=True, type=Path, help="folder to save the new model in")
     add_transfer_safety(p, defaults)
     add_kernels_option(p)
-    command(p, transfer_command, existing=(("adapter", "adapter folder"),), sources=("language_model", "vision_model"))
+    command(
+        p,
+        transfer_command,
+        existing=(("adapter", "adapter folder"),),
+        sources=("language_model", "vision_model"),
+        outputs=(("out", "folder"),),
+    )
 
     p = commands.add_parser("export-adapter", help="save the projector of a model folder as a portable adapter")
     p.add_argument("--model", required=True, type=Path, help="a LangBridge model folder (e.g. a stage-1 output_dir)")
     p.add_argument("--out", required=True, type=Path, help="folder to save the adapter in")
-    command(p, export_adapter_command, existing=(("model", "model folder"),))
+    command(p, export_adapter_command, existing=(("model", "model folder"),), outputs=(("out", "folder"),))
 
     vocab_parser = commands.add_parser("vocab", help="build or inspect shared vocabularies")
     vocab_commands = vocab_parser.add_subparsers(dest="vocab_command", required=True)
@@ -272,7 +291,13 @@ def add_commands(commands) -> None:
     p.add_argument("--size", type=positive_int, required=True, help="T, the number of tokens to keep")
     p.add_argument("--out", required=True, type=Path, help="the vocabulary JSON to write")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    command(p, vocab_build_command, existing=(("corpus", "corpus file"),), sources=("tokenizer",))
+    command(
+        p,
+        vocab_build_command,
+        existing=(("corpus", "corpus file"),),
+        sources=("tokenizer",),
+        outputs=(("out", "file"),),
+    )
     p = vocab_commands.add_parser("inspect", help="show a vocabulary and its coverage on tokenizers")
     p.add_argument("vocab", type=Path, help="a shared-vocabulary JSON (langbridge vocab build)")
     p.add_argument("--tokenizer", action="append", help="report coverage on this tokenizer (repeatable)")
@@ -321,4 +346,5 @@ def add_commands(commands) -> None:
             ("vocab_matrix", "embedding matrix file"),
         ),
         sources=("vision_model",),
+        outputs=(("out", "folder"),),
     )

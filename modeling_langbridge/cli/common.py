@@ -1,5 +1,5 @@
 """What every command group shares: the parser (one-line errors, defaults in --help), argument types, the check
-that given paths exist, and printing a build's notes."""
+that given paths exist and that outputs can be written (before any work), and printing a build's notes."""
 
 import argparse
 import inspect
@@ -75,27 +75,38 @@ def add_kernels_option(parser) -> None:
     )
 
 
-def command(parser, run, existing: tuple = (), sources: tuple = ()) -> None:
+def command(parser, run, existing: tuple = (), sources: tuple = (), outputs: tuple = ()) -> None:
     """Bind a subcommand to its function, with the path arguments that must exist when given ((attribute, what it
-    is) pairs) and those that are a local path or a Hub id."""
-    parser.set_defaults(run=run, existing=existing, sources=sources)
+    is) pairs), those that are a local path or a Hub id, and the outputs it writes ((attribute, "file" or "folder")
+    pairs: checked writable before any work)."""
+    parser.set_defaults(run=run, existing=existing, sources=sources, outputs=outputs)
+
+
+def flag_of(name: str) -> str:
+    return name if name in ("image",) else "--" + name.replace("_", "-")
 
 
 def check_paths(args) -> None:
-    """Refuse a missing path as missing, before any work and before transformers reads it as a Hub id."""
-    from ..files import require_source
+    """Before any work: refuse a missing path as missing (before transformers reads it as a Hub id), and an output
+    that cannot be written (its folder is a file, read-only or not ours to write in; an output folder that is a
+    file or holds files already)."""
+    from ..errors import LangBridgeUsageError
+    from ..files import check_writable, require_source
 
     for name, what in args.existing:
         values = getattr(args, name, None)
         for value in values if isinstance(values, list) else [values]:
             if value is not None and not Path(value).expanduser().exists():
-                flag = name if name in ("image",) else "--" + name.replace("_", "-")
-                raise FileNotFoundError(f"{value} does not exist ({flag}); give an existing {what}.")
+                raise LangBridgeUsageError(f"{value} does not exist ({flag_of(name)}); give an existing {what}.")
     for name in args.sources:
         values = getattr(args, name, None)
         for value in values if isinstance(values, list) else [values]:
             if value is not None:
                 require_source(value, name.replace("_", " "))
+    for name, kind in getattr(args, "outputs", ()):
+        value = getattr(args, name, None)
+        if value is not None:
+            check_writable(value, kind, flag_of(name))
 
 
 def print_notes(composed) -> None:

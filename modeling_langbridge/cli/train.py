@@ -1,10 +1,12 @@
 """Commands that train: the recipes (train), the demo, and the quickstart."""
 
+import argparse
 import shutil
 import tempfile
 from pathlib import Path
 
-from .common import Parser, add_kernels_option, command, non_negative, print_notes
+from ..errors import LangBridgeUsageError
+from .common import Parser, add_kernels_option, command, print_notes
 
 
 def train_command(args) -> int:
@@ -13,20 +15,63 @@ def train_command(args) -> int:
 
     from trl import ModelConfig, SFTConfig, TrlParser
 
-    from langbridge_training.arguments import LangBridgeArguments
+    from langbridge_training.arguments import LangBridgeArguments, parse_recipe
 
     recipe = importlib.import_module(f"langbridge_training.{args.stage}")
     parser = TrlParser((LangBridgeArguments, SFTConfig, ModelConfig), prog="langbridge train")
     parser.error = lambda message: Parser.error(parser, message)  # one line, not the usage of every setting
-    recipe.main(*parser.parse_args_and_config(["--config", str(args.config), *args.overrides]))
+    recipe.main(*parse_recipe(args.config, args.overrides, parser))
     return 0
 
 
+def owned_by(check, what: type):
+    """An argparse type: the text as a number (`what`: int or float), checked by the function that owns the setting;
+    a refusal is argparse's one line, `argument --flag: ...`."""
+
+    def parse(text: str):
+        try:
+            value = what(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a {'whole number' if what is int else 'number'}"
+            ) from None
+        try:
+            return check(value)
+        except LangBridgeUsageError as error:
+            accepted = getattr(error, "accepted", None)
+            message = f"{value!r} is not allowed; give {accepted}" if accepted else str(error)
+            raise argparse.ArgumentTypeError(message) from None
+
+    return parse
+
+
 def demo_command(args) -> int:
-    if args.caption_word_loss and (args.study or args.remedies):
-        raise ValueError(
-            "--caption-word-loss is for a single run; --remedies runs it beside the other remedies, --study without it"
+    """The demo, the study or the remedies; a flag that the chosen one would ignore is refused, before any work."""
+    from langbridge_training.demo.study import check_seeds
+
+    several = "--study" if args.study else "--remedies" if args.remedies else None
+    if args.study and args.remedies:
+        raise LangBridgeUsageError(
+            "--study and --remedies are separate runs; give one of them (each may take --seeds)."
         )
+    ignored = {
+        "--seed": several and args.seed is not None,
+        "--coefficient-activation": several and args.coefficient_activation is not None,
+        "--caption-word-loss": several and args.caption_word_loss is not None,
+    }
+    for flag, refused in ignored.items():
+        if refused:
+            runs = "runs both activations" if flag == "--coefficient-activation" else "runs without it"
+            if flag == "--caption-word-loss" and args.remedies:
+                runs = "runs it beside the other remedies"
+            raise LangBridgeUsageError(
+                f"{flag} is for a single demo run; {several} {runs}"
+                + (" (give its seeds with --seeds)." if flag == "--seed" else "; leave it out.")
+            )
+    if args.seeds is not None and not several:
+        raise LangBridgeUsageError("--seeds is for --study or --remedies; a single demo run takes one seed: --seed N.")
+    if args.seeds is not None:
+        check_seeds(args.seeds, "--seeds")
     if args.remedies:
         from langbridge_training.demo.study import VALIDATION_SEEDS, run_remedies
 
@@ -47,13 +92,14 @@ def demo_command(args) -> int:
             use_kernels=args.use_kernels,
         )
         return 0
+    from langbridge_training.demo.experiment import DemoSettings
     from langbridge_training.demo.experiment import main as run_demo
 
     run_demo(
         args.out or Path("langbridge-demo"),
         quick=args.quick,
-        seed=args.seed,
-        coefficient_activation=args.coefficient_activation,
+        seed=DemoSettings.seed if args.seed is None else args.seed,
+        coefficient_activation=args.coefficient_activation or DemoSettings.coefficient_activation,
         overrides={"caption_word_loss": args.caption_word_loss} if args.caption_word_loss else None,
         use_kernels=args.use_kernels,
     )
@@ -117,7 +163,8 @@ def add_commands(commands) -> None:
     p.epilog = "Further flags of SFTConfig, ModelConfig or LangBridgeArguments override the YAML, e.g. --max_steps 10."
     command(p, train_command, existing=(("config", "recipe YAML"),))
 
-    from langbridge_training.demo.experiment import DemoSettings
+    from langbridge_training.caption_words import check_weight
+    from langbridge_training.demo.experiment import DemoSettings, check_seed
     from langbridge_training.demo.study import ACTIVATIONS, DEFAULT_SEEDS, VALIDATION_SEEDS
 
     p = commands.add_parser(
@@ -136,23 +183,29 @@ def add_commands(commands) -> None:
         help="output folder, stages cached there (default: langbridge-demo, or langbridge-study with --study)",
     )
     p.add_argument("--quick", action="store_true", help="small settings: minutes, a smoke test of the whole path")
+    # A single run's settings default to None here, so that a flag --study or --remedies would ignore is refused.
     p.add_argument(
-        "--seed", type=int, default=DemoSettings.seed, help="seed of the world, the models' initialisation and training"
+        "--seed",
+        type=owned_by(check_seed, int),
+        default=None,
+        help=f"seed of the world, the models' initialisation and training, a single run's (default: {DemoSettings.seed})",
     )
     p.add_argument(
         "--coefficient-activation",
         "--coefficients",
         choices=ACTIVATIONS,
-        default=DemoSettings.coefficient_activation,
-        help="LangBridge's coefficients: none (raw logits, the official code) or softmax (the paper)",
+        default=None,
+        help="LangBridge's coefficients: none (raw logits, the official code) or softmax (the paper); a single run's "
+        f"(default: {DemoSettings.coefficient_activation})",
     )
     p.add_argument(
         "--caption-word-loss",
-        type=non_negative,
-        default=DemoSettings.caption_word_loss,
+        type=owned_by(check_weight, float),
+        default=None,
         metavar="WEIGHT",
         help="the study's best remedy: LangBridge's stage 1 also asks each image's coefficients to name its "
-        "caption's words, at this weight (0.1 in the study; 0: the paper's stage 1)",
+        "caption's words, at this weight, from 0 to 100 (0.1 in the study; 0: the paper's stage 1); a single run's "
+        f"(default: {DemoSettings.caption_word_loss:g})",
     )
     p.add_argument(
         "--study",
@@ -167,10 +220,10 @@ def add_commands(commands) -> None:
     )
     p.add_argument(
         "--seeds",
-        type=int,
+        type=owned_by(check_seed, int),
         nargs="+",
         default=None,
-        help=f"the study's seeds (default: {' '.join(map(str, DEFAULT_SEEDS))})",
+        help=f"the seeds of --study (default: {' '.join(map(str, DEFAULT_SEEDS))}) or --remedies, each once",
     )
     add_kernels_option(p)
     command(p, demo_command)

@@ -1,15 +1,25 @@
 """LangBridge configuration: a vision tower, a causal LLM and the vocabulary bridge between them.
 
+Every setting is checked for type and range when it is set, and refused in one sentence naming it and what it
+accepts; a saved folder's or Hub repo's config.json is named too (`from_pretrained`, the Auto classes).
+
 This file travels with checkpoints as remote code: it imports only `transformers` and its siblings.
 """
 
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Literal
 
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
+from transformers.activations import ACT2FN
+from transformers.utils import logging
 
 from .compatibility_langbridge import SubConfigSpec
-from .tiling_langbridge import check_tiling
+from .errors_langbridge import LangBridgeInputError
+from .tiling_langbridge import PATCH_MERGE_TYPES, check_tiling, check_untiled, untiled_settings
+
+logger = logging.get_logger(__name__)
 
 # CLIP ViT-L/14-336, the vision tower of LLaVA-1.5 and of the LangBridge paper.
 CLIP_VIT_L_336 = {
@@ -54,6 +64,113 @@ def built_sub_config(value: dict | PreTrainedConfig | None, model_type: str, def
 
     value = dict(defaults) if value is None else dict(value)
     return CONFIG_MAPPING[value.get("model_type", model_type)](**value)
+
+
+def _whole(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _layer(value) -> bool:
+    return _whole(value, -(10**6)) or (
+        isinstance(value, (list, tuple)) and len(value) > 0 and all(_whole(v, -(10**6)) for v in value)
+    )
+
+
+def _vocabulary_ids(value) -> bool:
+    """A list of ids or of lists of ids; their range is checked against the LLM (`check_vocab_token_ids`)."""
+
+    def integer(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    return value is None or (
+        isinstance(value, (list, tuple))
+        and all(integer(e) or (isinstance(e, (list, tuple)) and all(map(integer, e))) for e in value)
+    )
+
+
+def _pinpoints(value) -> bool:
+    return value is None or (
+        isinstance(value, (list, tuple))
+        and all(isinstance(p, (list, tuple)) and len(p) == 2 and all(_whole(n, 1) for n in p) for p in value)
+    )
+
+
+def _flag(value) -> bool:
+    return isinstance(value, bool)
+
+
+def _name(value) -> bool:
+    return value is None or isinstance(value, str)
+
+
+# Each setting's check and what it accepts, in words; applied whenever the setting is set (so also to every value a
+# config.json or a hub config holds) before huggingface_hub's own type check, so the refusal is one sentence of ours.
+SETTING_RULES = {
+    "projector_hidden_size": (lambda v: _whole(v, 1), "a whole number of at least 1, such as 5120"),
+    "shared_vocab_size": (
+        lambda v: v is None or _whole(v, 1),
+        "a whole number of at least 1, such as 19200 (or null: as many as vocab_token_ids)",
+    ),
+    "image_seq_length": (lambda v: _whole(v, 1), "a whole number of at least 1, such as 576"),
+    "image_token_id": (lambda v: _whole(v, 0), "a token id, a whole number of at least 0"),
+    "projector_hidden_act": (
+        lambda v: isinstance(v, str) and v in ACT2FN,
+        "the name of an activation transformers knows, such as 'gelu' or 'silu'",
+    ),
+    "coefficient_activation": (lambda v: v in ("none", "softmax"), "'none' or 'softmax'"),
+    "combine_in_float32": (_flag, "true or false"),
+    "frozen_vocab_embeddings": (_flag, "true or false"),
+    "tie_word_embeddings": (_flag, "true or false"),
+    "vision_feature_layer": (_layer, "a layer index such as -2, or a non-empty list of them"),
+    "vision_feature_select_strategy": (lambda v: v in ("default", "full"), "'default' (drop CLS) or 'full'"),
+    "vocab_token_ids": (_vocabulary_ids, "null or a list of token ids (whole numbers, or lists of them)"),
+    "image_grid_pinpoints": (_pinpoints, "null or a list of [height, width] pairs of whole numbers of pixels"),
+    "vision_aspect_ratio": (lambda v: isinstance(v, str), "'anyres' or 'anyres_max_N'"),
+    "patch_merge_type": (lambda v: v in PATCH_MERGE_TYPES, " or ".join(map(repr, PATCH_MERGE_TYPES))),
+    "vision_model_name_or_path": (_name, "null or a path or Hub id (text)"),
+    "language_model_name_or_path": (_name, "null or a path or Hub id (text)"),
+}
+
+
+def check_setting(name: str, value) -> None:
+    """Refuse a value of the wrong type or out of range for one of LangBridge's own settings."""
+    rule = SETTING_RULES.get(name)
+    if rule is not None and not rule[0](value):
+        shown = repr(value)
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise LangBridgeInputError(f"{name} must be {rule[1]}, not {shown}.")
+
+
+def config_file_of(name_or_path) -> str | None:
+    """How to name where a config came from: the config.json of a folder, a JSON file, or a Hub id's config.json."""
+    if name_or_path is None or str(name_or_path) == "":
+        return None
+    path = Path(str(name_or_path)).expanduser()
+    if path.is_dir():
+        return str(path / "config.json")
+    if path.is_file():
+        return str(path)
+    return f"{name_or_path} (config.json)"
+
+
+@contextmanager
+def settings_from(where: str | None):
+    """A setting refused while a config is read names the file it came from (`where`); huggingface_hub's type errors
+    (of the base config's and the sub-configs' settings) become one sentence too."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # pragma: no cover - older huggingface_hub
+        StrictDataclassError = ()
+    try:
+        yield
+    except LangBridgeInputError as error:
+        if where is None or str(error).startswith(where):
+            raise
+        raise LangBridgeInputError(f"{where}: {error}") from error
+    except StrictDataclassError as error:
+        cause = error.__cause__ or error
+        message = " ".join(str(cause).split())
+        raise LangBridgeInputError(f"{where}: {message}" if where else message) from error
 
 
 def vocabulary_entry_ids(entry: int | list[int]) -> list[int]:
@@ -141,7 +258,7 @@ class LangBridgeConfig(PreTrainedConfig):
             self.shared_vocab_size = 19200 if self.vocab_token_ids is None else len(self.vocab_token_ids)
         self.check_settings()
         if not 0 <= self.image_token_id < self.text_config.vocab_size:
-            raise ValueError(
+            raise LangBridgeInputError(
                 f"image_token_id {self.image_token_id} is outside the LLM's vocabulary (text_config.vocab_size = "
                 f"{self.text_config.vocab_size}). Add the image token to the tokenizer, resize the LLM's embeddings "
                 "if needed, and pass its id (with langbridge-hf installed, `langbridge compose` does all three)."
@@ -153,7 +270,7 @@ class LangBridgeConfig(PreTrainedConfig):
         for name in ("shared_vocab_size", "projector_hidden_size", "image_seq_length"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}.")
+                raise LangBridgeInputError(f"{name} must be a whole number of at least 1, not {value!r}.")
         num_layers = getattr(self.vision_config, "num_hidden_layers", None)
         layers = (
             [self.vision_feature_layer]
@@ -161,11 +278,11 @@ class LangBridgeConfig(PreTrainedConfig):
             else list(self.vision_feature_layer)
         )
         if not layers:
-            raise ValueError("vision_feature_layer is an empty list; give a layer index such as -2.")
+            raise LangBridgeInputError("vision_feature_layer is an empty list; give a layer index such as -2.")
         if num_layers is not None:
             outside = [layer for layer in layers if not -(num_layers + 1) <= layer <= num_layers]
             if outside:
-                raise ValueError(
+                raise LangBridgeInputError(
                     f"vision_feature_layer {outside[0]} does not exist: the vision tower has {num_layers} layers, so "
                     f"hidden-state indices run from {-(num_layers + 1)} to {num_layers} (-2 is the paper's)."
                 )
@@ -176,6 +293,33 @@ class LangBridgeConfig(PreTrainedConfig):
                 self.vision_aspect_ratio,
                 self.patch_merge_type,
             )
+        else:
+            check_untiled(self.vision_aspect_ratio, self.patch_merge_type)
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """A config from a loaded config.json (the Auto classes come through here, with the folder as
+        `name_or_path`). A refused setting names the file. Tiling settings saved without a grid (older versions
+        accepted them; they never did anything) are dropped with a warning, so such folders still load."""
+        where = config_file_of(kwargs.get("name_or_path"))
+        if config_dict.get("image_grid_pinpoints") is None:
+            stray = untiled_settings(config_dict.get("vision_aspect_ratio"), config_dict.get("patch_merge_type"))
+            if stray:
+                logger.warning(
+                    f"{where or 'A LangBridge config'} sets {' and '.join(stray)} without image_grid_pinpoints: "
+                    "the model sees one view per image, so they have no effect and are ignored."
+                )
+                config_dict = {
+                    k: v for k, v in config_dict.items() if k not in ("vision_aspect_ratio", "patch_merge_type")
+                }
+        with settings_from(where):
+            return super().from_dict(config_dict, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """`PreTrainedConfig.from_pretrained`; a refused setting names the config.json it came from."""
+        with settings_from(config_file_of(pretrained_model_name_or_path)):
+            return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     @property
     def tiling(self) -> bool:
@@ -192,7 +336,7 @@ class LangBridgeConfig(PreTrainedConfig):
         if vocab_token_ids is None:
             return
         if len(vocab_token_ids) != self.shared_vocab_size:
-            raise ValueError(
+            raise LangBridgeInputError(
                 f"vocab_token_ids has {len(vocab_token_ids)} entries but shared_vocab_size is "
                 f"{self.shared_vocab_size}: the projector's output layer must have one row per token. "
                 "Pass matching values (or leave shared_vocab_size unset to take it from the ids)."
@@ -205,12 +349,12 @@ class LangBridgeConfig(PreTrainedConfig):
                 empty.append(position)
             outside.extend((position, i) for i in ids if not 0 <= i < llm_vocab_size)
         if empty:
-            raise ValueError(
+            raise LangBridgeInputError(
                 f"Shared-vocabulary entries {empty[:5]} are empty lists; a composed token needs at least one sub-token id."
             )
         if outside:
             shown = ", ".join(f"entry {p}: id {i}" for p, i in outside[:5])
-            raise ValueError(
+            raise LangBridgeInputError(
                 f"{len(outside)} shared-vocabulary token ids are outside the LLM's vocabulary "
                 f"(text_config.vocab_size = {llm_vocab_size}): {shown}. These ids belong to another tokenizer; "
                 "map the vocabulary onto this LLM's tokenizer (its ids for the same token strings) instead of copying "
@@ -218,10 +362,22 @@ class LangBridgeConfig(PreTrainedConfig):
                 "do it."
             )
         if any(self.image_token_id in vocabulary_entry_ids(e) for e in vocab_token_ids):
-            raise ValueError(
+            raise LangBridgeInputError(
                 f"The image placeholder id {self.image_token_id} is in the shared vocabulary; placeholders are "
                 "replaced by visual tokens and have no meaningful embedding. Remove it from the vocabulary."
             )
+
+
+_strict_setattr = LangBridgeConfig.__setattr__
+
+
+def _checked_setattr(self, name, value):
+    """Our own check of a setting first (one sentence naming it and what it accepts), then huggingface_hub's."""
+    check_setting(name, value)
+    _strict_setattr(self, name, value)
+
+
+LangBridgeConfig.__setattr__ = _checked_setattr
 
 
 __all__ = ["LangBridgeConfig"]

@@ -38,6 +38,7 @@ from .compatibility_langbridge import (
     slice_logits_to_keep,
 )
 from .configuration_langbridge import LangBridgeConfig, vocabulary_entry_ids
+from .errors_langbridge import LangBridgeInputError
 from .projection_langbridge import (
     FoldedCache,
     autocast_off,
@@ -161,7 +162,7 @@ class LangBridgeProjector(nn.Module):
         if self.frozen_embeddings is not None:
             return self.frozen_embeddings
         if not self.has_vocabulary:
-            raise ValueError(
+            raise LangBridgeInputError(
                 "This LangBridge model has no shared-vocabulary token ids (config.vocab_token_ids is None), so its "
                 "visual tokens cannot be formed. Build it with its LLM (with langbridge-hf installed: `langbridge "
                 "compose` or `langbridge transfer`), or set config.vocab_token_ids to the LLM's ids of the shared "
@@ -378,13 +379,14 @@ class LangBridgeModel(LangBridgePreTrainedModel):
         """
         if pixel_values.shape[0] == 0:  # text only: the processor's 0-row pixel_values (so pipeline batches can mix)
             return BaseModelOutputWithPooling(last_hidden_state=pixel_values, pooler_output=[])
+        self.check_pixel_values(pixel_values)
         layouts = self.tiled_layouts(image_sizes, pixel_values) if self.config.tiling else None
         if layouts is not None:
             views = [layout["views"] for layout in layouts]
             if pixel_values.dim() == 5:  # [images, views padded to the largest, C, H, W]: drop the padding views
                 pixel_values = torch.cat([image[:count] for image, count in zip(pixel_values, views)], dim=0)
             elif pixel_values.shape[0] != sum(views):
-                raise ValueError(
+                raise LangBridgeInputError(
                     f"pixel_values hold {pixel_values.shape[0]} views but the image_sizes give {sum(views)} (base view + "
                     "tiles per image); build both with this model's processor."
                 )
@@ -405,16 +407,35 @@ class LangBridgeModel(LangBridgePreTrainedModel):
             attentions=tower_outputs.attentions,
         )
 
+    def check_pixel_values(self, pixel_values: torch.Tensor) -> None:
+        """Refuse pixel_values the vision tower cannot take, before it fails in its own words: a tensor without the
+        images dimension, or with another number of colour channels than the tower's (RGB: 3)."""
+        tiled = self.config.tiling
+        dims = (4, 5) if tiled else (4,)
+        layout = "[images, channels, height, width]" + (" or [images, views, channels, height, width]" if tiled else "")
+        if pixel_values.dim() not in dims:
+            raise LangBridgeInputError(
+                f"pixel_values have shape {tuple(pixel_values.shape)}, not {layout}; build them with the LangBridge "
+                "processor (or add the images dimension to a single image's [channels, height, width])."
+            )
+        channels = getattr(self.config.vision_config, "num_channels", 3)
+        if pixel_values.shape[-3] != channels:
+            raise LangBridgeInputError(
+                f"pixel_values have {pixel_values.shape[-3]} colour channel(s) per pixel but the vision tower takes "
+                f"{channels}: build them with the LangBridge processor, which converts every image to RGB (or convert "
+                "greyscale and RGBA images to RGB first)."
+            )
+
     def tiled_layouts(self, image_sizes, pixel_values: torch.Tensor) -> list[dict]:
         """Each image's tiling (`tiling_langbridge.tiled_layout`) from its original size."""
         if image_sizes is None:
-            raise ValueError(
+            raise LangBridgeInputError(
                 "This model tiles images (config.image_grid_pinpoints), so it needs image_sizes, each image's original "
                 "(height, width), beside pixel_values. Pass the image_sizes the LangBridge processor returns."
             )
         sizes = image_sizes.tolist() if isinstance(image_sizes, torch.Tensor) else [list(s) for s in image_sizes]
         if pixel_values.dim() == 5 and len(sizes) != pixel_values.shape[0]:
-            raise ValueError(
+            raise LangBridgeInputError(
                 f"pixel_values hold {pixel_values.shape[0]} images but image_sizes has {len(sizes)} sizes."
             )
         config = self.config
@@ -441,7 +462,7 @@ class LangBridgeModel(LangBridgePreTrainedModel):
             base, tiles = features[0], features[1:]
             side = math.isqrt(base.shape[0])
             if side * side != base.shape[0]:
-                raise ValueError(
+                raise LangBridgeInputError(
                     f"A view gives {base.shape[0]} visual tokens, not a square grid of patches: tiling needs the CLS token "
                     "dropped (vision_feature_select_strategy='default' for CLIP) or a tower without one ('full' for SigLIP)."
                 )
@@ -492,7 +513,7 @@ class LangBridgeModel(LangBridgePreTrainedModel):
                 f"input_ids hold {n_placeholders} <image> placeholder tokens (room for {n_placeholders / per_image:g} "
                 f"image(s) of {per_image} tokens) but {n_images} image(s) were given, i.e. {n_visual} visual tokens"
             )
-        raise ValueError(
+        raise LangBridgeInputError(
             f"{problem}. Put one <image> in the text per image and build the inputs with the LangBridge processor, "
             f"which expands each <image> into {takes} (and refuses a truncation that would cut them)."
         )
@@ -514,9 +535,14 @@ class LangBridgeModel(LangBridgePreTrainedModel):
         **kwargs: Unpack[TransformersKwargs],
     ) -> LangBridgeModelOutputWithPast:
         if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
+            raise LangBridgeInputError("Pass exactly one of input_ids or inputs_embeds.")
+        if (input_ids if input_ids is not None else inputs_embeds[..., 0]).numel() == 0:
+            raise LangBridgeInputError(
+                "The prompt is empty (input_ids hold no tokens): give at least one token, e.g. a chat built with the "
+                "processor's chat template, which adds the turn markers."
+            )
         if pixel_values is not None and mm_encoder_outputs is not None and mm_encoder_outputs.get("image") is not None:
-            raise ValueError("Pass either pixel_values or precomputed mm_encoder_outputs, not both.")
+            raise LangBridgeInputError("Pass either pixel_values or precomputed mm_encoder_outputs, not both.")
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
 
@@ -541,7 +567,7 @@ class LangBridgeModel(LangBridgePreTrainedModel):
             image_tokens = torch.cat(list(visual_tokens), dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
             inputs_embeds = inputs_embeds.masked_scatter(placeholder_mask.unsqueeze(-1), image_tokens)
         elif prefill_without_images_check(cache) and placeholder_mask.any():
-            raise ValueError(
+            raise LangBridgeInputError(
                 f"input_ids hold {int(placeholder_mask.sum())} <image> placeholder tokens but no image was given. "
                 "Pass pixel_values from the LangBridge processor, or remove the <image> placeholders for text-only input."
             )

@@ -1,9 +1,13 @@
 """LangBridge processor: the vision model's image processor + the LLM's tokenizer + a chat template.
 
 Each `<image>` in the text becomes as many placeholder tokens as the image yields visual tokens, so the
-model can scatter them in place. This file travels with checkpoints as remote code.
+model can scatter them in place. Images come as transformers takes them (`load_image`): a PIL image, a local path,
+an http(s) URL, base64 data or a `data:image/...;base64,` URL, and also as bytes or a `{"bytes", "path"}` dict;
+each is decoded and checked here (`open_image`). This file travels with checkpoints as remote code.
 """
 
+import base64
+import binascii
 import io
 import os
 from pathlib import Path
@@ -12,11 +16,14 @@ from transformers.image_utils import get_image_size, to_numpy_array
 from transformers.processing_utils import MultiModalData, ProcessorMixin
 from transformers.utils import logging
 
+from .errors_langbridge import LangBridgeInputError
 from .tiling_langbridge import check_tiling, num_image_tokens, num_views
 
 logger = logging.get_logger(__name__)
 
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+# Seconds to wait for an image URL (transformers' `load_image` waits without limit unless told).
+IMAGE_FETCH_TIMEOUT = 30.0
 
 
 def as_rgb(image):
@@ -44,8 +51,91 @@ def _verify(source, name: str) -> None:
         probe.verify()
 
 
+def fetch_image(url: str, timeout: float = IMAGE_FETCH_TIMEOUT) -> bytes:
+    """The bytes behind an http(s) image URL, fetched as transformers' `load_image` does (httpx, redirects
+    followed); a URL that cannot be fetched (no network, a refused connection, a status other than success) is refused
+    saying so and why. `HF_HUB_OFFLINE` concerns the Hub, not image URLs, as in transformers."""
+    try:  # the HTTP client transformers' own `load_image` uses (huggingface_hub's; `httpx2` from huggingface_hub 2)
+        from huggingface_hub.utils import httpx
+    except ImportError:  # pragma: no cover - huggingface_hub without it
+        import httpx
+
+    try:
+        response = httpx.get(url, timeout=timeout, follow_redirects=True)
+        response.raise_for_status()
+    except httpx.HTTPStatusError as error:
+        reason = f"the server answered {error.response.status_code} {error.response.reason_phrase}".rstrip()
+    except httpx.HTTPError as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+    else:
+        return response.content
+    raise LangBridgeInputError(
+        f"could not fetch the image {url} ({reason}); check the address and the network, or download the image and "
+        "give its local path."
+    )
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def image_source(text: str):
+    """What a string given as an image stands for, as transformers' `load_image` reads it: an http(s) URL (fetched),
+    a local file, a `data:image/...;base64,` URL, or base64 image data. Returns (a path or bytes, its name)."""
+    if text.startswith(("http://", "https://")):
+        return fetch_image(text), text
+    if os.path.isfile(text):
+        return text, text
+    if text.startswith("data:"):
+        header, _, payload = text.partition(",")
+        if not header.endswith(";base64"):
+            raise LangBridgeInputError(
+                f"cannot read the image {_shown(text)} (a data: URL that is not base64-encoded); give it as "
+                "data:image/png;base64,... ."
+            )
+        try:
+            return base64.b64decode("".join(payload.split()), validate=True), "a data: URL image"
+        except (binascii.Error, ValueError) as error:
+            raise LangBridgeInputError(
+                f"cannot read the image {_shown(text)} (its base64 data is not valid: {error}); encode the image again."
+            ) from None
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        data = None
+    if data and _is_image_data(data):
+        return data, "base64 image data"
+    what = "a folder, not an image file" if os.path.isdir(text) else "no such file"
+    raise LangBridgeInputError(
+        f"cannot read the image {_shown(text)} ({what}, and not an http(s) URL, a data: URL or base64 image data); "
+        "give an existing image file or URL, or remove it from the data."
+    )
+
+
+def _is_image_data(data: bytes) -> bool:
+    """Whether Pillow recognises bytes as an image (only its header is read)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)):
+            return True
+    except (UnidentifiedImageError, OSError, ValueError):
+        return False
+
+
+def check_image_size(image, name: str) -> None:
+    """Refuse an image without pixels (0 wide or 0 high), which image processors cannot resize."""
+    size = getattr(image, "size", None) if not hasattr(image, "shape") else tuple(image.shape)
+    if size is not None and not isinstance(size, int) and 0 in tuple(size):
+        shown = "x".join(str(n) for n in size)
+        raise LangBridgeInputError(
+            f"the image {name} has no pixels ({shown}); give an image at least 1 pixel wide and high."
+        )
+
+
 def open_image(source, name: str | None = None):
-    """An image, fully decoded, checked and in RGB, from a path, bytes, a `{"bytes", "path"}` dict or a PIL image.
+    """An image, fully decoded, checked and in RGB, from a path, an http(s) URL, base64 data (or a
+    `data:image/...;base64,` URL), bytes, a `{"bytes", "path"}` dict or a PIL image.
 
     Decoding happens here, so a damaged or truncated file fails here, with its name (`name`, e.g. `data.jsonl:7`,
     says where it was referred to); a PNG's checksums are verified, so damaged image data is not read as pixels.
@@ -56,12 +146,15 @@ def open_image(source, name: str | None = None):
         data, path = source.get("bytes"), source.get("path")
         source = data if data else path
         name = name or path or "<image bytes>"
+    if isinstance(source, str):
+        source, found = image_source(source)
+        name = name or found
     if isinstance(source, (bytes, bytearray)):
         source, name = io.BytesIO(source), name or "<image bytes>"
     name = (
         name
         or getattr(source, "filename", None)
-        or (str(source) if not isinstance(source, Image.Image) else "an image")
+        or (str(source) if not isinstance(source, Image.Image) else "given as a PIL image")
     )
     try:
         if isinstance(source, Image.Image):
@@ -69,17 +162,24 @@ def open_image(source, name: str | None = None):
             if filename and source.format == "PNG" and os.path.isfile(filename):
                 _verify(filename, name)
             source.load()
+            check_image_size(source, name)
             return as_rgb(source)
-        if isinstance(source, (str, Path)) and not os.path.isfile(source):
-            raise FileNotFoundError("no such file")
+        if isinstance(source, Path) and not os.path.isfile(source):
+            what = "a folder, not an image file" if source.is_dir() else "no such file"
+            raise LangBridgeInputError(
+                f"cannot read the image {name} ({what}); give an existing image file or URL, or remove it from the data."
+            )
         _verify(source, name)
         if isinstance(source, io.BytesIO):
             source.seek(0)
         image = Image.open(source)
         image.load()
+        check_image_size(image, name)
         return as_rgb(image)
+    except LangBridgeInputError:
+        raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ValueError(
+        raise LangBridgeInputError(
             f"cannot read the image {name} ({str(error) or type(error).__name__}); replace it with a readable PNG or "
             "JPEG file, or remove it from the data."
         ) from error
@@ -133,7 +233,7 @@ class LangBridgeProcessor(ProcessorMixin):
         self.image_token = getattr(tokenizer, "image_token", None) or image_token
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token) if tokenizer is not None else None
         if tokenizer is not None and self.image_token_id in (None, tokenizer.unk_token_id):
-            raise ValueError(
+            raise LangBridgeInputError(
                 f"The tokenizer has no {self.image_token!r} token. Add it as a special token "
                 f"(tokenizer.add_special_tokens({{'additional_special_tokens': [{self.image_token!r}]}})) and resize "
                 "the LLM's embeddings (model.resize_token_embeddings(len(tokenizer))); with langbridge-hf installed, "
@@ -148,7 +248,7 @@ class LangBridgeProcessor(ProcessorMixin):
         if self.tiling:
             pinpoints = getattr(image_processor, "image_grid_pinpoints", None)
             if pinpoints is None:
-                raise ValueError(
+                raise LangBridgeInputError(
                     f"vision_aspect_ratio={vision_aspect_ratio!r} asks for tiling but the image processor "
                     f"({type(image_processor).__name__}) has no image_grid_pinpoints; use a LLaVA-NeXT image processor "
                     "(transformers' LlavaNextImageProcessor with image_grid_pinpoints; with langbridge-hf installed, "
@@ -244,7 +344,7 @@ class LangBridgeProcessor(ProcessorMixin):
         except ValueError as error:
             if not self._truncation_cut_images(images, text, kwargs):
                 raise
-            raise ValueError(
+            raise LangBridgeInputError(
                 f"Truncation would cut the {self.image_token} tokens of an image (max_length="
                 f"{kwargs.get('max_length')}): the model needs all of an image's tokens or none. Raise max_length, "
                 "turn truncation off, or drop the sample."
@@ -306,6 +406,7 @@ class LangBridgeProcessor(ProcessorMixin):
                 return open_image(image)
             if isinstance(image, Image.Image) and (image.mode != "RGB" or getattr(image, "filename", None)):
                 return open_image(image)
+            check_image_size(image, "given as a PIL image" if isinstance(image, Image.Image) else "given as an array")
             return image
 
         if images is None:
@@ -318,7 +419,7 @@ class LangBridgeProcessor(ProcessorMixin):
         texts = [text] if isinstance(text, str) else text
         if isinstance(texts, (list, tuple)) and all(isinstance(t, str) for t in texts):
             if len(images) != len(texts):
-                raise ValueError(
+                raise LangBridgeInputError(
                     f"Images come as {len(images)} per-sample lists but there are {len(texts)} texts: give one list of "
                     "images per text (an empty list for a text without images)."
                 )
@@ -326,7 +427,7 @@ class LangBridgeProcessor(ProcessorMixin):
                 sample_images = sample_images if isinstance(sample_images, (list, tuple)) else [sample_images]
                 placeholders = sample_text.count(self.image_token)
                 if placeholders != len(sample_images):
-                    raise ValueError(
+                    raise LangBridgeInputError(
                         f"Sample {number} has {placeholders} {self.image_token} in its text but {len(sample_images)} "
                         "image(s) in its list: each text's images must be in its own list, one per placeholder, in order."
                     )

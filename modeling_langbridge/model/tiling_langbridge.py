@@ -15,7 +15,8 @@ The processor counts placeholders with `num_image_tokens` and the model packs fe
 so the two cannot disagree. The official code computes the unpadded size with `int()` (transformers rounds
 first); the official rule is kept so converted checkpoints see what they were trained with.
 
-This file travels with checkpoints as remote code: it imports only the standard library and `transformers`.
+This file travels with checkpoints as remote code: it imports only the standard library, `transformers` and its
+sibling errors_langbridge.py.
 """
 
 import math
@@ -23,7 +24,12 @@ import re
 
 from transformers.image_processing_utils import select_best_resolution
 
+from .errors_langbridge import LangBridgeInputError
+
 PATCH_MERGE_TYPES = ("spatial_unpad", "spatial", "flat")
+# The tiling settings' defaults: what a model without a grid (one view per image) carries, and ignores.
+DEFAULT_VISION_ASPECT_RATIO = "anyres"
+DEFAULT_PATCH_MERGE_TYPE = "spatial_unpad"
 # LLaVA-NeXT's grid, in tiles (rows, columns): 1x2, 2x1, 2x2, 3x1, 1x3 (672 x 672 and 336 x 1008 at 336 px).
 LLAVA_NEXT_GRIDS = [(1, 2), (2, 1), (2, 2), (3, 1), (1, 3)]
 
@@ -34,7 +40,7 @@ def max_tiles(vision_aspect_ratio: str) -> int | None:
         return None
     match = re.fullmatch(r"anyres_max_(\d+)", str(vision_aspect_ratio))
     if not match or int(match.group(1)) < 1:
-        raise ValueError(
+        raise LangBridgeInputError(
             f"vision_aspect_ratio {vision_aspect_ratio!r} is not understood: use 'anyres' (LLaVA-NeXT) or "
             "'anyres_max_N' with N >= 1 (LLaVA-OneVision: the tiled feature map is shrunk to about N tiles)."
         )
@@ -44,10 +50,10 @@ def max_tiles(vision_aspect_ratio: str) -> int | None:
 def check_tiling(image_grid_pinpoints, tile_size: int, vision_aspect_ratio: str, patch_merge_type: str) -> None:
     """Refuse tiling settings that cannot work, naming the value and the fix."""
     if patch_merge_type not in PATCH_MERGE_TYPES:
-        raise ValueError(f"patch_merge_type {patch_merge_type!r} is not one of {list(PATCH_MERGE_TYPES)}.")
+        raise LangBridgeInputError(f"patch_merge_type {patch_merge_type!r} is not one of {list(PATCH_MERGE_TYPES)}.")
     max_tiles(vision_aspect_ratio)
     if not isinstance(image_grid_pinpoints, (list, tuple)) or not image_grid_pinpoints:
-        raise ValueError(
+        raise LangBridgeInputError(
             f"image_grid_pinpoints must be a non-empty list of [height, width] pairs in pixels, not {image_grid_pinpoints!r}."
         )
     for pair in image_grid_pinpoints:
@@ -60,10 +66,30 @@ def check_tiling(image_grid_pinpoints, tile_size: int, vision_aspect_ratio: str,
             )
         )
         if not ok:
-            raise ValueError(
+            raise LangBridgeInputError(
                 f"image_grid_pinpoints entry {pair!r} is not a [height, width] pair of positive multiples of the vision "
                 f"tower's input size {tile_size} (each side must be a whole number of tiles)."
             )
+
+
+def untiled_settings(vision_aspect_ratio, patch_merge_type) -> list[str]:
+    """The tiling settings given other values than their defaults: they do nothing without a grid."""
+    given = {"vision_aspect_ratio": vision_aspect_ratio, "patch_merge_type": patch_merge_type}
+    defaults = {"vision_aspect_ratio": DEFAULT_VISION_ASPECT_RATIO, "patch_merge_type": DEFAULT_PATCH_MERGE_TYPE}
+    return [f"{name} {value!r}" for name, value in given.items() if value not in (None, defaults[name])]
+
+
+def check_untiled(vision_aspect_ratio, patch_merge_type) -> None:
+    """Refuse tiling settings given without a grid (image_grid_pinpoints None): the model sees one view per image,
+    so they would be saved and do nothing."""
+    stray = untiled_settings(vision_aspect_ratio, patch_merge_type)
+    if stray:
+        verb, pronoun = ("apply", "them") if len(stray) > 1 else ("applies", "it")
+        raise LangBridgeInputError(
+            f"{' and '.join(stray)} only {verb} when images are tiled, and image_grid_pinpoints is not set (one view "
+            "per image): give image_grid_pinpoints too (with langbridge-hf installed: `langbridge compose "
+            f"--image-grid-pinpoints llava-next`), or leave {pronoun} out."
+        )
 
 
 def grid_pinpoints(grids, tile_size: int) -> list[list[int]]:
@@ -76,18 +102,18 @@ def grid_pinpoints(grids, tile_size: int) -> list[list[int]]:
         elif "..." in text:
             ends = re.findall(r"\((\d+)x(\d+)\)", text)
             if len(ends) < 2:
-                raise ValueError(f"cannot read the grid range {grids!r}; write it as '(1x1),...,(3x3)'.")
+                raise LangBridgeInputError(f"cannot read the grid range {grids!r}; write it as '(1x1),...,(3x3)'.")
             (r0, c0), (r1, c1) = (tuple(map(int, e)) for e in (ends[0], ends[-1]))
             grids = [(r, c) for r in range(r0, r1 + 1) for c in range(c0, c1 + 1)]
         else:
             try:
                 grids = [tuple(int(n) for n in item.strip().strip("()").split("x")) for item in text.split(",")]
             except ValueError:
-                raise ValueError(
+                raise LangBridgeInputError(
                     f"cannot read the grids {grids!r}; write them as 'ROWSxCOLUMNS,...', e.g. '1x2,2x1,2x2'."
                 ) from None
     if any(len(g) != 2 or min(int(n) for n in g) < 1 for g in grids):
-        raise ValueError(f"every grid needs a positive number of rows and columns, not {grids!r}.")
+        raise LangBridgeInputError(f"every grid needs a positive number of rows and columns, not {grids!r}.")
     return [[int(rows) * tile_size, int(columns) * tile_size] for rows, columns in grids]
 
 
@@ -158,6 +184,7 @@ def num_image_tokens(
 
 __all__ = [
     "check_tiling",
+    "check_untiled",
     "grid_pinpoints",
     "grid_shape",
     "num_image_tokens",

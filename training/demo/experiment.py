@@ -24,7 +24,22 @@ import torch
 
 from modeling_langbridge.model.modeling_langbridge import hub_kernels_wanted
 
+from ..arguments import SettingError
+from ..caption_words import check_weight
 from .console import Console
+
+# A seed is a whole number from 0 to MAX_SEED: transformers' set_seed hands it to numpy, which takes 0 to 2**32 - 1,
+# and the demo seeds its parts with the seed plus up to 12; 2**31 - 1 (the largest 32-bit signed number) leaves room.
+MAX_SEED = 2**31 - 1
+SEED_ACCEPTED = f"a whole number from 0 to {MAX_SEED}"
+
+
+def check_seed(value, setting: str = "seed", source: str | None = None) -> int:
+    """A demo seed, refused (SettingError) unless a whole number from 0 to MAX_SEED."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_SEED:
+        raise SettingError(setting, value, SEED_ACCEPTED, source)
+    return value
+
 
 RUNS = {  # name: (connector, LLM, stage 1, description)
     "A": ("llava", "llm2", "pretrain on LLM-2", "LLaVA MLP connector, pretrained on LLM-2"),
@@ -97,6 +112,13 @@ class DemoSettings:
     # transformers' Hub kernels for every model the demo loads (None: only when the Hub may be reached). How models
     # load, not what the stages compute: never recorded, so it redoes no stage and any cache serves either setting.
     use_kernels: bool | None = None
+
+    def __post_init__(self):
+        """The settings a user gives (the seed, the activation, the caption-word weight), checked before any work."""
+        check_seed(self.seed)
+        if self.coefficient_activation not in ("none", "softmax"):
+            raise SettingError("coefficient_activation", self.coefficient_activation, "none or softmax")
+        check_weight(self.caption_word_loss)
 
     @classmethod
     def quick(cls, seed: int = 0, coefficient_activation: str = "none") -> "DemoSettings":

@@ -33,6 +33,29 @@ REMEDIES = {
 }
 
 
+def check_seeds(seeds, setting: str = "seeds") -> tuple[int, ...]:
+    """The study's seeds: each a demo seed, each once. A repeated seed would run once but count twice in every
+    mean, minimum, maximum and spread of the summary; it is refused, not dropped, since a list with a repeat is
+    most likely a typo for another seed, and the study must say over which seeds it summarises."""
+    from modeling_langbridge.errors import LangBridgeUsageError
+
+    from ..arguments import SettingError
+    from .experiment import SEED_ACCEPTED, check_seed
+
+    seeds = tuple(seeds) if isinstance(seeds, (list, tuple)) else seeds
+    if not isinstance(seeds, tuple) or not seeds:
+        raise SettingError(setting, seeds, f"one or more seeds, each {SEED_ACCEPTED}")
+    for seed in seeds:
+        check_seed(seed, f"{setting} entry")
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise LangBridgeUsageError(
+            f"{setting} {' '.join(map(str, seeds))} repeats seed {', '.join(map(str, repeated))}, which would run once "
+            "and count twice in every mean, minimum, maximum and spread of the summary; give each seed once."
+        )
+    return seeds
+
+
 def label(activation: str, overrides: dict | None = None) -> str:
     """The report folder of a variant inside its seed folder: its activation, and a stage-1 remedy's rate."""
     from .experiment import DemoSettings, langbridge_label
@@ -109,6 +132,7 @@ def run_study(
 ) -> Path:
     """Run (or reuse) the demo for every seed and activation, then write summary.md, summary.json and study.png.
     `use_kernels`: transformers' Hub kernels for every model loaded (default: only when the Hub may be reached)."""
+    seeds = check_seeds(seeds)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     console = Console(out / "study.log")
@@ -142,6 +166,7 @@ def run_remedies(
     """Run each remedy on `seeds` beside the plain activations and write `name`.md / `name`.json: the figures a
     remedy is judged by (validation split) and the test split beside them. Remedies that change more than
     LangBridge's stage 1 (e.g. `{"text_steps": 8000}`: LLMs trained longer) run in seed folders of their own."""
+    seeds = check_seeds(seeds)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     console = Console(out / "study.log")

@@ -3,6 +3,7 @@
 import torch
 from PIL import Image
 
+from ...errors import LangBridgeUsageError
 from ...model.modeling_langbridge import hub_kernels_wanted
 
 
@@ -27,7 +28,9 @@ def kernels_setting(value: bool | str | None) -> bool | None:
         return value
     words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
     if str(value).strip().lower() not in words:
-        raise ValueError(f"use_kernels={value!r}: give True or False (or leave it out: kernels only when online)")
+        raise LangBridgeUsageError(
+            f"use_kernels={value!r}: give True or False (or leave it out: kernels only when online)"
+        )
     return words[str(value).strip().lower()]
 
 

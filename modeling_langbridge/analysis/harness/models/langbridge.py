@@ -16,6 +16,7 @@ in one where the class exists.
 from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
 
+from ...errors import LangBridgeUsageError
 from ..runner import HarnessRunner
 
 try:  # lmms-eval's registry, where this version has one; the plugin hook finds the class either way
@@ -52,7 +53,7 @@ class LangBridge(lmms):
     ) -> None:
         super().__init__()
         if kwargs:
-            raise ValueError(
+            raise LangBridgeUsageError(
                 f"unknown model_args for langbridge: {sorted(kwargs)}; known: pretrained, device, dtype, "
                 "batch_size, trust_remote_code, attn_implementation, use_kernels"
             )
