@@ -443,26 +443,27 @@ def generation_section(sizes: Sizes, device, steps: int) -> list[dict]:
 
 def decode_section(sizes: Sizes, device, steps: int) -> dict:
     """Greedy generation at batch 1, eager (dynamic cache) against transformers' compiled decode step (static cache,
-    `CompileConfig(fullgraph=True)`: one graph per step or an error), LLaVA and LangBridge on the same parts. The
-    first compiled call compiles (warm-up); the tokens of both modes are compared."""
+    `CompileConfig(fullgraph=True)`: one graph per step or an error), LLaVA and LangBridge on the same parts. All four
+    sides are set up together, warmed up (compiling takes the first calls), then run in turn, the order reversed every
+    round, so a slow spell falls on all alike; the tokens of both modes are compared."""
     from transformers import CompileConfig
 
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    row = {}
-    for kind in ("llava", "langbridge-none"):
+    compiled = CompileConfig(fullgraph=True, dynamic=False)
+    compiled._compile_all_devices = True  # transformers compiles on accelerators only unless told so
+    modes = {"eager": {}, "compiled": {"cache_implementation": "static", "compile_config": compiled}}
+    kinds = ("llava", "langbridge-none")
+    sides, tokens = {}, {}
+    for kind in kinds:
         model, image_token = build(kind, sizes, device, dtype)
         model.eval()
         model.generation_config.pad_token_id = 0
         inputs = training_batch(image_token, sizes, device, batch=1, text_tokens=sizes.prompt_tokens)
         inputs.pop("labels")
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
-        compiled = CompileConfig(fullgraph=True, dynamic=False)
-        compiled._compile_all_devices = True  # transformers compiles on accelerators only unless told so
-        modes = {"eager": {}, "compiled": {"cache_implementation": "static", "compile_config": compiled}}
-        sides, tokens = {}, {}
         for mode, extra in modes.items():
 
-            def step(model=model, inputs=inputs, extra=extra, mode=mode, tokens=tokens):
+            def step(model=model, inputs=inputs, extra=extra, name=(kind, mode)):
                 with torch.no_grad():
                     out = model.generate(
                         **inputs,
@@ -471,22 +472,36 @@ def decode_section(sizes: Sizes, device, steps: int) -> dict:
                         min_new_tokens=sizes.decode_tokens,
                         do_sample=False,
                     )
-                tokens[mode] = out[0, inputs["input_ids"].shape[1] :].tolist()
+                tokens[name] = out[0, inputs["input_ids"].shape[1] :].tolist()
 
-            sides[mode] = measure(step, device, max(3, steps), warmup=3)  # compiling takes the first two calls
-            sides[mode]["tokens_per_second"] = sizes.decode_tokens / sides[mode]["seconds"]
-        sides["compiled_speedup"] = sides["compiled"]["tokens_per_second"] / sides["eager"]["tokens_per_second"]
-        sides["same_tokens"] = tokens["compiled"] == tokens["eager"]
-        row[kind] = sides
+            sides[(kind, mode)] = step
+    for step in sides.values():
+        for _ in range(3):
+            step()
+    times = {name: [] for name in sides}
+    for round_index in range(max(3, steps)):
+        for name in list(sides) if round_index % 2 == 0 else list(sides)[::-1]:
+            synchronize(device)
+            start = time.perf_counter()
+            sides[name]()
+            synchronize(device)
+            times[name].append(time.perf_counter() - start)
+    row = {}
+    for kind in kinds:
+        row[kind] = {
+            mode: {"seconds": statistics.median(times[(kind, mode)]), "times": times[(kind, mode)]} for mode in modes
+        }
+        for mode in modes:
+            row[kind][mode]["tokens_per_second"] = sizes.decode_tokens / row[kind][mode]["seconds"]
+        eager, fast = row[kind]["eager"]["tokens_per_second"], row[kind]["compiled"]["tokens_per_second"]
+        row[kind]["compiled_speedup"] = fast / eager
+        row[kind]["same_tokens"] = tokens[(kind, "compiled")] == tokens[(kind, "eager")]
         print(
-            f"  {kind:16s} eager {sides['eager']['tokens_per_second']:.1f}, compiled "
-            f"{sides['compiled']['tokens_per_second']:.1f} tokens/s -> {sides['compiled_speedup']:.2f}x "
-            f"(same tokens: {sides['same_tokens']})",
+            f"  {kind:16s} eager {eager:.1f}, compiled {fast:.1f} tokens/s -> {row[kind]['compiled_speedup']:.2f}x "
+            f"(same tokens: {row[kind]['same_tokens']})",
             flush=True,
         )
-        del model, step
-        release(device)
-    for mode in ("eager", "compiled"):
+    for mode in modes:
         row[f"{mode}_speed_ratio"] = (
             row["langbridge-none"][mode]["tokens_per_second"] / row["llava"][mode]["tokens_per_second"]
         )
@@ -495,6 +510,8 @@ def decode_section(sizes: Sizes, device, steps: int) -> dict:
         f"{row['compiled_speed_ratio']:.2f}x",
         flush=True,
     )
+    del sides
+    release(device)
     return row
 
 
