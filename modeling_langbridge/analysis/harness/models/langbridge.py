@@ -16,7 +16,7 @@ in one where the class exists.
 from lmms_eval.api.model import lmms
 from tqdm.auto import tqdm
 
-from ...errors import LangBridgeUsageError
+from ....errors import LangBridgeUsageError
 from ..runner import HarnessRunner
 
 try:  # lmms-eval's registry, where this version has one; the plugin hook finds the class either way
