@@ -103,7 +103,8 @@ def test_every_relative_import_names_a_module_that_exists(package):
                 f"{path}: from {'.' * node.level}{node.module} leaves {package}"
             )
             target = root.joinpath(*base[1:], *(node.module.split(".") if node.module else []))
-            names = [] if node.module else [alias.name for alias in node.names]
-            found = target.with_suffix(".py").is_file() or (target / "__init__.py").is_file()
-            found = found or all((target / f"{name}.py").is_file() or (target / name).is_dir() for name in names)
+            if node.module:  # from .module import name: the module must exist
+                found = target.with_suffix(".py").is_file() or (target / "__init__.py").is_file()
+            else:  # from . import module: each name a module of the package
+                found = all((target / f"{a.name}.py").is_file() or (target / a.name).is_dir() for a in node.names)
             assert found, f"{path.relative_to(ROOT)}: from {'.' * node.level}{node.module or ''} names no module"
