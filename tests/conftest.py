@@ -60,6 +60,20 @@ def llama_siglip_dir(parts, tmp_path_factory):
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiled_dir(parts, tmp_path_factory):
+    """A composed LangBridge folder that tiles: CLIP + Qwen2-style LLM, grids of 1 x 2, 2 x 1 and 2 x 2 tiles."""
+    torch.manual_seed(0)
+    composed = compose(
+        str(parts["clip"]),
+        str(parts["qwen2"]),
+        projector_hidden_size=64,
+        shared_vocab_size=96,
+        image_grid_pinpoints="1x2,2x1,2x2",
+    )
+    return composed.save(tmp_path_factory.mktemp("tiled") / "model")
+
+
 @pytest.fixture(params=["qwen_clip_dir", "llama_siglip_dir"])
 def model_dir(request):
     """Each composed folder in turn: two LLM families, two vision towers, both coefficient activations."""

@@ -43,3 +43,26 @@ def test_gpu_benchmark_runs_at_toy_sizes_and_writes_every_ratio(tmp_path):
     for kind in ("llava", "langbridge-none"):  # the compiled decode step gives eager's tokens, for both models
         assert saved["decode"][kind]["same_tokens"] is True and saved["decode"][kind]["compiled_speedup"] > 0
     assert saved["decode"]["compiled_speed_ratio"] > 0
+
+
+@pytest.mark.slow
+def test_packing_benchmark_runs_at_tiny_size_and_reports_every_layout(tmp_path):
+    """`benchmarks.packing` on a few samples of the long-tailed mix with a one-layer LLM: each layout trains through
+    the same tokens, the padding shares are what its batches hold, and the ratios are to the padded layout."""
+    from benchmarks.packing import LAYOUTS, main
+
+    results = main(
+        ["--data", "mix", "--samples", "12", "--batch", "4", "--hidden", "32", "--layers", "1", "--max-length", "256"]
+        + ["--repeats", "1", "--out", str(tmp_path)]
+    )
+    saved = json.loads((tmp_path / "packing_results.json").read_text())
+    assert saved["data"].keys() == {"mix"} and saved["settings"]["samples"] == 12
+    layouts = results["data"]["mix"]["layouts"]
+    assert list(layouts) == list(LAYOUTS)
+    assert len({row["tokens"] for row in layouts.values()}) == 1  # the same samples, whatever the layout
+    padded = layouts["padded"]
+    assert padded["time_ratio"] == 1.0 and padded["padding_share"] > 0
+    assert layouts["packed"]["slots"] < padded["slots"]  # less padding to compute
+    for row in layouts.values():
+        assert row["tokens_per_s"] > 0 and row["epoch_s"] > 0 and row["peak_mb"] >= 0
+        assert row["padding_share"] == pytest.approx(1 - row["tokens"] / row["slots"])

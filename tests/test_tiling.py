@@ -18,7 +18,6 @@ from test_remote_code import REMOTE_SCRIPT, generate_locally
 from test_training import run_recipe, write_config
 from transformers import AutoModelForImageTextToText, AutoProcessor, pipeline
 
-from modeling_langbridge.assembly.compose import compose
 from modeling_langbridge.assembly.tiny import random_shapes_image
 from modeling_langbridge.cli import main
 
@@ -221,20 +220,6 @@ def test_no_tiling_converts_an_anyres_checkpoint_for_one_view(parts, official_pa
 # ---------------------------------------------------------------------------------------------------------------
 
 SIZES = [(90, 30), (30, 90), (64, 64), (45, 70), (200, 120)]  # (width, height): wide, tall, square, and larger
-
-
-@pytest.fixture(scope="module")
-def tiled_dir(parts, tmp_path_factory):
-    """A composed LangBridge folder that tiles: CLIP + Qwen2-style LLM, grids of 1 x 2, 2 x 1 and 2 x 2 tiles."""
-    torch.manual_seed(0)
-    composed = compose(
-        str(parts["clip"]),
-        str(parts["qwen2"]),
-        projector_hidden_size=64,
-        shared_vocab_size=96,
-        image_grid_pinpoints="1x2,2x1,2x2",
-    )
-    return composed.save(tmp_path_factory.mktemp("tiled") / "model")
 
 
 def test_a_tiled_model_answers_through_the_pipeline_with_the_processors_counts(tiled_dir):

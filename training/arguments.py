@@ -111,6 +111,50 @@ class LangBridgeArguments:
             raise SettingError("use_kernels", self.use_kernels, "true, false, or leave it out")
 
 
+def packing_of(training_args, model_args=None):
+    """The batch layout TRL's own settings ask for (`padding_free`, `packing`, `packing_strategy`, `max_length` in
+    `SFTConfig`), which the recipes implement for image-text data (training/packing.py) and hand to TRL switched off
+    (TRL 1.16 refuses both for vision datasets). Refused (SettingError) where it cannot work: a strategy that cuts
+    samples, packing without a row length, an attention that would let packed samples see each other, context or
+    sequence parallelism. The loaded model is checked too (`Packing.for_model`)."""
+    from .packing import ATTENTION_ACCEPTED, Packing, packs_samples_apart
+
+    packing, padding_free = training_args.packing, training_args.padding_free
+    for name, value in (("packing", packing), ("padding_free", padding_free)):
+        if not isinstance(value, bool):
+            raise SettingError(name, value, "true or false")
+    if not (packing or padding_free):
+        return Packing()
+    if packing and training_args.packing_strategy != "bfd":
+        raise SettingError(
+            "packing_strategy",
+            training_args.packing_strategy,
+            "bfd (whole samples, best fit, into rows of at most max_length tokens); 'wrapped' and 'bfd_split' cut "
+            "samples at row ends, which would split an image's tokens from its pixels and a reply from its prompt",
+        )
+    if packing and training_args.max_length is None:
+        raise SettingError("max_length", None, "the length of a packed row in tokens, such as 4096, when packing: true")
+    attention = getattr(model_args, "attn_implementation", None)
+    if not packs_samples_apart(attention):
+        raise SettingError(
+            "attn_implementation",
+            attention,
+            f"{ATTENTION_ACCEPTED} with padding_free or packing: {attention!r} would let packed samples attend to "
+            "one another",
+        )
+    parallelism = getattr(training_args, "parallelism_config", None)
+    if parallelism is not None and (
+        getattr(parallelism, "cp_enabled", False) or getattr(parallelism, "sp_enabled", False)
+    ):
+        raise SettingError(
+            "parallelism_config",
+            "context/sequence parallelism",
+            "no context or sequence parallelism with padding_free or packing: a row split across GPUs loses the "
+            "packed samples' masks (or set padding_free: false and packing: false)",
+        )
+    return Packing("packed" if packing else "padding_free")
+
+
 def parse_recipe(config: str | Path, overrides: list[str] = (), parser=None) -> tuple:
     """A recipe's `(LangBridgeArguments, SFTConfig, ModelConfig)` from its YAML file and flags; a setting refused
     while reading them names the recipe file, or the flag that gave it."""
@@ -120,7 +164,10 @@ def parse_recipe(config: str | Path, overrides: list[str] = (), parser=None) -> 
     parser = parser or TrlParser((LangBridgeArguments, SFTConfig, ModelConfig))
     overrides = [str(item) for item in overrides]
     try:
-        return parser.parse_args_and_config(["--config", str(config), *overrides])
+        parsed = parser.parse_args_and_config(["--config", str(config), *overrides])
+        if len(parsed) == 3 and hasattr(parsed[1], "packing_strategy"):  # (LangBridgeArguments, SFTConfig, ModelConfig)
+            packing_of(parsed[1], parsed[2])
+        return parsed
     except SettingError as error:
         flag = f"--{error.setting}"
         error.source = (

@@ -14,6 +14,8 @@ import torch
 
 from modeling_langbridge.errors import LangBridgeUsageError
 
+from .packing import sample_labels
+
 # The loss's weight beside the caption loss: 0 is off; the study's remedy is 0.1. Both losses are a few nats, so a
 # weight above 100 leaves the caption loss nothing to say, and very large ones overflow the gradient norm (1e30 trained
 # a projector of NaN).
@@ -53,16 +55,18 @@ class CaptionWordLoss:
         finally:
             handle.remove()
 
-    def __call__(self, labels: torch.Tensor) -> torch.Tensor | None:
-        """The loss of the forward pass just run (`labels` [B, L], one image per sample); None without words."""
+    def __call__(self, labels: torch.Tensor, spans: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The loss of the forward pass just run (`labels` [B, L], one image per sample); None without words. A
+        packed batch gives its `sample_spans` (row, start, length): its images follow those samples in order."""
         features, self.features = self.features, []
         if not features:
             return None
         features = torch.cat([f.reshape(-1, *f.shape[-2:]) for f in features])  # [images, patches, Dv]
-        if features.shape[0] != labels.shape[0]:
+        samples = sample_labels(labels, spans)
+        if features.shape[0] != len(samples):
             raise LangBridgeUsageError(
                 f"caption_word_loss needs one image per sample (stage-1 captions); this batch has "
-                f"{features.shape[0]} images for {labels.shape[0]} samples. Set caption_word_loss: 0 for this data."
+                f"{features.shape[0]} images for {len(samples)} samples. Set caption_word_loss: 0 for this data."
             )
         coefficients = self.projector.coefficients(features).float()  # [images, patches, T]
         if self.projector.coefficient_activation == "softmax":
@@ -70,8 +74,8 @@ class CaptionWordLoss:
         else:  # raw logits: their mean over the patches, read as logits
             log_probabilities = coefficients.mean(dim=1).log_softmax(dim=-1)
         losses = []
-        for sample, sample_labels in enumerate(labels):
-            ids = sample_labels[(sample_labels >= 0) & (sample_labels < len(self.row_of_token))]
+        for sample, its_labels in enumerate(samples):
+            ids = its_labels[(its_labels >= 0) & (its_labels < len(self.row_of_token))]
             rows = self.row_of_token.to(ids.device)[ids].unique()
             rows = rows[rows >= 0]
             if len(rows):

@@ -3,13 +3,17 @@
 Two formats, as in LLaVA: `chat` (stage 2) learns the assistant replies only, marked by the chat template's
 `{% generation %}` blocks; `plain` (stage 1) shows the images and learns the caption (and LLaVA's closing newline) after them. Image
 placeholders, prompts and padding are always -100, whatever the template does.
+
+With `packing` on (`padding_free` or `packed`, training/packing.py) the samples are built exactly so, then laid out
+in packed rows: no padding between samples, positions restarting at each, labels -100 at every sample's first token.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from .data import render_plain
+from .packing import Packing, pack_batch, row_layout
 
 
 @dataclass
@@ -17,8 +21,39 @@ class LangBridgeCollator:
     processor: object
     max_length: int | None = None
     mode: str = "chat"  # "chat" or "plain"
+    packing: Packing = field(default_factory=Packing)  # packed: each example is a planned row of samples
 
     def __call__(self, examples: list[dict]) -> dict:
+        if not self.packing.on:
+            return self._samples(examples)
+        groups = None
+        if self.packing.mode == "packed":  # a row planned before training: its samples' messages and images
+            groups = [n for n, example in enumerate(examples) for _ in example["messages"]]
+            examples = [
+                {"messages": messages, "images": images}
+                for example in examples
+                for messages, images in zip(example["messages"], example["images"])
+            ]
+        batch = self._samples(examples)
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        rows = row_layout(lengths, groups, self.max_length, self.packing.one_row)
+        sizes = batch.get("image_sizes")
+        views = (
+            [self.processor.num_image_views(int(h), int(w)) for h, w in sizes.tolist()]
+            if getattr(self.processor, "tiling", False) and sizes is not None
+            else [1] * sum(len(example["images"]) for example in examples)
+        )
+        return pack_batch(
+            batch,
+            rows,
+            [len(example["images"]) for example in examples],
+            views,
+            self.processor.tokenizer.pad_token_id,
+            varlen=self.packing.one_row,
+        )
+
+    def _samples(self, examples: list[dict]) -> dict:
+        """One sample a row, right-padded, with its labels."""
         batch = self._plain(examples) if self.mode == "plain" else self._chat(examples)
         labels = batch["input_ids"].clone()
         learned = batch.pop("learned")

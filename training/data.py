@@ -187,14 +187,17 @@ class DataReport:
     dropped_image_mismatch: int = 0
     skipped_bad_images: int = 0
     bad_image_examples: list[str] = field(default_factory=list)
+    packed_rows: int | None = None  # packing: the rows of at most max_length tokens the kept samples were packed into
 
     def summary(self) -> str:
+        packed = f"; packed into {self.packed_rows} rows" if self.packed_rows is not None else ""
         return (
             f"{self.kept} of {self.samples} samples trained on; dropped before training: {self.dropped_cut_image} "
             f"whose truncation would cut an image, {self.dropped_no_target} with no trainable token left, "
             f"{self.dropped_image_mismatch} whose <image> count differs from their images; skipped while training: "
             f"{self.skipped_bad_images} with a missing or unreadable image"
             + (f" (e.g. {self.bad_image_examples[0]})" if self.bad_image_examples else "")
+            + packed
         )
 
     def to_dict(self) -> dict:
@@ -257,17 +260,17 @@ def fit_to_length(
         check_sample(sample, f"{source}: row {row}")
         messages, num_images = sample["messages"], len(sample["images"])
         if count_image_items(messages) != num_images and mode == "chat":
-            return {"verdict": "image_mismatch"}
+            return {"verdict": "image_mismatch", "length": 0}
         widths = [image_seq_length] * num_images
         if tiling:
             sizes = [stored_image_size(ref) for ref in sample["images"]]
             if None in sizes:  # unreadable: the image loader skips and counts it when a batch meets it
-                return {"verdict": "keep"}
+                return {"verdict": "keep", "length": max_length or 1}
             widths = [processor.num_image_tokens(*size) for size in sizes]
         if mode == "plain":
             prompt, target = render_plain(messages, num_images)
             if not target.strip():  # an empty caption: only LLaVA's closing newline would be learned
-                return {"verdict": "no_target"}
+                return {"verdict": "no_target", "length": 0}
             ids = tokenizer(prompt + target)["input_ids"]
             prompt_length = len(tokenizer(prompt)["input_ids"])
             trainable = [0] * prompt_length + [1] * (len(ids) - prompt_length)
@@ -293,14 +296,15 @@ def fit_to_length(
             length += width
         limit = length if max_length is None else min(length, max_length)
         if image_end > limit:
-            return {"verdict": "cut_image"}
+            return {"verdict": "cut_image", "length": limit}
         if not any(0 < position < limit for position in learned):  # position 0 is never predicted
-            return {"verdict": "no_target"}
-        return {"verdict": "keep"}
+            return {"verdict": "no_target", "length": limit}
+        return {"verdict": "keep", "length": limit}  # the tokens it trains as (after truncation), images included
 
-    verdicts = dataset.map(measure, with_indices=True, remove_columns=dataset.column_names, desc="Measuring samples")[
-        "verdict"
-    ]
+    measured = dataset.map(
+        measure, with_indices=True, remove_columns=dataset.column_names, desc="Measuring samples"
+    ).to_dict()
+    verdicts, lengths = measured["verdict"], measured["length"]
     report.samples = len(verdicts)
     report.dropped_cut_image = verdicts.count("cut_image")
     report.dropped_no_target = verdicts.count("no_target")
@@ -311,7 +315,10 @@ def fit_to_length(
         raise LangBridgeUsageError(
             f"No sample is left to train on: {report.summary()}. Raise max_length or check the data ({source})."
         )
-    return dataset.select(keep)
+    kept = dataset.select(keep)
+    if "length" in kept.column_names:
+        kept = kept.remove_columns("length")
+    return kept.add_column("length", [lengths[n] for n in keep])
 
 
 def check_sample(sample: dict, where: str) -> None:
@@ -355,7 +362,8 @@ def _as_chat(messages: list[dict]) -> list[dict]:
 
 
 class ImageLoader:
-    """The `with_transform` of a training dataset: opens a sample's images only when a batch needs it.
+    """The `with_transform` of a training dataset: opens a sample's images only when a batch needs it. A packed
+    dataset's items are rows of samples (`rows`): an item's `messages` and `images` are then one list per sample.
 
     A missing or unreadable image either raises (`skip_bad_images=False`) or is counted and its sample replaced
     by the next one whose images read, so a long run is not lost to one bad file. The count is of samples: a bad
@@ -368,6 +376,7 @@ class ImageLoader:
         self.skip_bad_images = skip_bad_images
         self.report = report or DataReport()
         self._bad = multiprocessing.Array("b", len(dataset))  # a flag per sample, shared with dataloader workers
+        self.lengths: list[int] | None = None  # tokens of each item the trainer draws (a sample, or a packed row)
 
     def __getstate__(self) -> dict:
         """The shared flags travel only to processes being started (dataloader workers); any other pickling, such as
@@ -380,6 +389,12 @@ class ImageLoader:
 
     def __call__(self, batch: dict) -> dict:
         out = {"messages": [], "images": []}
+        if "rows" in batch:  # packed: each item a row of samples
+            for rows in batch["rows"]:
+                samples = [self._readable(position) for position in rows]
+                out["messages"].append([messages for messages, _ in samples])
+                out["images"].append([images for _, images in samples])
+            return out
         for position in batch["row"]:
             messages, images = self._readable(position)
             out["messages"].append(messages)
@@ -415,20 +430,33 @@ class ImageLoader:
 
 
 def with_lazy_images(
-    dataset: Dataset, skip_bad_images: bool = True, report: DataReport | None = None
+    dataset: Dataset,
+    skip_bad_images: bool = True,
+    report: DataReport | None = None,
+    rows: list[list[int]] | None = None,
 ) -> tuple[Dataset, ImageLoader]:
-    """The dataset as training sees it (messages and opened images), and the loader that counts bad images."""
+    """The dataset as training sees it (messages and opened images), and the loader that counts bad images. With
+    `rows` (packing: lists of sample indices), an item is a row of samples. The loader knows each item's tokens
+    (`lengths`) when `fit_to_length` measured them."""
     dataset = dataset.add_column("row", list(range(len(dataset))))
     loader = ImageLoader(dataset, skip_bad_images, report)
-    return dataset.with_transform(loader), loader
+    lengths = list(dataset["length"]) if "length" in dataset.column_names else None
+    if rows is None:
+        loader.lengths = lengths
+        return dataset.with_transform(loader), loader
+    loader.lengths = [sum(lengths[n] for n in row) for row in rows] if lengths is not None else None
+    return Dataset.from_dict({"rows": rows}).with_transform(loader), loader
 
 
 def _describe(refs) -> str:
     return ", ".join((ref.get("path") or "<image bytes>") if isinstance(ref, dict) else str(ref) for ref in refs)
 
 
-def prepare_training_data(script_args, processor, image_seq_length: int, max_length: int | None, mode: str):
-    """The recipes' data step: load, cap, fit to `max_length`, open images lazily.
+def prepare_training_data(
+    script_args, processor, image_seq_length: int, max_length: int | None, mode: str, packing=None
+):
+    """The recipes' data step: load, cap, fit to `max_length`, pack (`packing` in mode `packed`: whole samples into
+    rows of at most `max_length` tokens, best fit decreasing), open images lazily.
 
     Returns `(dataset, image_loader, report)`: the dataset the trainer iterates, the loader that counts bad
     images, and the report of what was dropped.
@@ -440,5 +468,11 @@ def prepare_training_data(script_args, processor, image_seq_length: int, max_len
     if script_args.max_samples:
         dataset = dataset.select(range(min(script_args.max_samples, len(dataset))))
     dataset = fit_to_length(dataset, processor, image_seq_length, max_length, mode, report, script_args.dataset)
-    dataset, loader = with_lazy_images(dataset, script_args.skip_bad_images, report)
+    rows = None
+    if packing is not None and packing.mode == "packed":
+        from .packing import best_fit_decreasing
+
+        rows = best_fit_decreasing(list(dataset["length"]), max_length)
+        report.packed_rows = len(rows)
+    dataset, loader = with_lazy_images(dataset, script_args.skip_bad_images, report, rows)
     return dataset, loader, report

@@ -15,7 +15,7 @@ from trl import ModelConfig, SFTConfig, TrlParser
 from modeling_langbridge.assembly.adapter import LangBridgeAdapter
 from modeling_langbridge.errors import LangBridgeUsageError
 
-from .arguments import LangBridgeArguments
+from .arguments import LangBridgeArguments, packing_of
 from .collator import LangBridgeCollator
 from .data import prepare_training_data
 from .models import load_for_stage
@@ -25,6 +25,7 @@ from .trainer import LangBridgeTrainer
 
 def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args: ModelConfig, callbacks=None):
     script_args.check()  # every setting, before any work
+    packing = packing_of(training_args, model_args)  # padding_free / packing, done here for image-text data
     with run_output(
         training_args, model_args.model_name_or_path, script_args.overwrite_output_dir, adapter=True
     ) as resume:  # output_dir: this run's alone, an earlier run there continued or replaced only when asked
@@ -38,13 +39,14 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
             output_dir=training_args.output_dir,
             use_kernels=script_args.use_kernels,
         )
+        packing = packing.for_model(model)  # refused if its attention would let packed samples see each other
 
         ################
-        # Data: image-caption pairs, images opened lazily
+        # Data: image-caption pairs, images opened lazily (packed into rows first with `packing`)
         ################
         mode = script_args.data_format or "plain"
         train_dataset, image_loader, report = prepare_training_data(
-            script_args, processor, model.config.image_seq_length, training_args.max_length, mode
+            script_args, processor, model.config.image_seq_length, training_args.max_length, mode, packing
         )
 
         ################
@@ -54,7 +56,7 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
             model=model,
             args=training_args,
             train_dataset=train_dataset,
-            data_collator=LangBridgeCollator(processor, training_args.max_length, mode),
+            data_collator=LangBridgeCollator(processor, training_args.max_length, mode, packing),
             processing_class=processor,
             projector_lr=script_args.projector_lr,
             data_report=report,

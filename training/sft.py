@@ -16,7 +16,7 @@ from trl import ModelConfig, SFTConfig, TrlParser
 from modeling_langbridge.errors import LangBridgeUsageError
 from modeling_langbridge.model.modeling_langbridge import hub_kernels_wanted
 
-from .arguments import LangBridgeArguments
+from .arguments import LangBridgeArguments, packing_of
 from .collator import LangBridgeCollator
 from .data import prepare_training_data
 from .models import load_for_stage, lora_config, resolve_model
@@ -26,6 +26,7 @@ from .trainer import LangBridgeTrainer, peft_reads_old_checkpointing_name
 
 def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args: ModelConfig, callbacks=None):
     script_args.check()  # every setting, before any work
+    packing = packing_of(training_args, model_args)  # padding_free / packing, done here for image-text data
     if script_args.caption_word_loss:
         raise LangBridgeUsageError(
             "caption_word_loss is a stage-1 setting (langbridge train pretrain); remove it from the SFT recipe."
@@ -43,13 +44,14 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
             training_args.output_dir,
             use_kernels=script_args.use_kernels,
         )
+        packing = packing.for_model(model)  # refused if its attention would let packed samples see each other
 
         ################
-        # Data: conversations, assistant replies learned, images opened lazily
+        # Data: conversations, assistant replies learned, images opened lazily (packed into rows first with `packing`)
         ################
         mode = script_args.data_format or "chat"
         train_dataset, image_loader, report = prepare_training_data(
-            script_args, processor, model.config.image_seq_length, training_args.max_length, mode
+            script_args, processor, model.config.image_seq_length, training_args.max_length, mode, packing
         )
 
         ################
@@ -59,7 +61,7 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
             model=model,
             args=training_args,
             train_dataset=train_dataset,
-            data_collator=LangBridgeCollator(processor, training_args.max_length, mode),
+            data_collator=LangBridgeCollator(processor, training_args.max_length, mode, packing),
             processing_class=processor,
             peft_config=lora_config(model_args, script_args.train_vision_tower),
             projector_lr=script_args.projector_lr,

@@ -1,5 +1,5 @@
 """TRL's SFTTrainer with what LangBridge training adds: learning rates per part, a float32 projector under
-QLoRA, and the data report at the end."""
+QLoRA, padding-free and packed batches of image-text samples (training/packing.py), and the data report at the end."""
 
 import json
 import warnings
@@ -7,14 +7,17 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from datasets import Dataset
 from transformers import Trainer
 from trl import SFTTrainer
 
+from modeling_langbridge.errors import LangBridgeUsageError
 from modeling_langbridge.files import atomic_file, write_text_atomic
 
 from .caption_words import CaptionWordLoss
 from .data import DataReport
 from .outputs import files_written_whole
+from .packing import Packing
 
 
 class LangBridgeTrainer(SFTTrainer):
@@ -35,6 +38,9 @@ class LangBridgeTrainer(SFTTrainer):
         training_args = kwargs["args"]
         training_args.remove_unused_columns = False  # the collator needs the messages and images
         training_args.assistant_only_loss = False  # the collator decides what is learned, template or not
+        self.packing = packing_asked(training_args, kwargs.get("data_collator"))
+        # TRL 1.16 refuses both for vision datasets (and a custom collator with padding_free); the collator packs
+        training_args.packing = training_args.padding_free = False
         with peft_reads_old_checkpointing_name():
             super().__init__(*args, **kwargs)
         self.keep_float32_master_weights()
@@ -43,13 +49,30 @@ class LangBridgeTrainer(SFTTrainer):
         self.tokenizer_state = tokenizer_call_state(self.processing_class)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """TRL's loss, plus `caption_word_loss` x the caption-word loss (`caption_words.py`) when asked."""
+        """TRL's loss, plus `caption_word_loss` x the caption-word loss (`caption_words.py`) when asked. A packed
+        batch's `sample_spans` (where each sample lies in its row) stay out of the model's inputs."""
+        spans = inputs.pop("sample_spans", None)
+        loss = self._loss(model, inputs, return_outputs, num_items_in_batch, spans)
+        if spans is not None and self.model.training:
+            self.count_packed_tokens(inputs, spans)
+        return loss
+
+    def count_packed_tokens(self, inputs: dict, spans: torch.Tensor) -> None:
+        """TRL counts a batch without `attention_mask` as one row of `position_ids.size(1)` tokens (its padding-free
+        layout); a packed batch may have several rows, padded at their ends: count its samples' tokens instead, as
+        TRL counts a padded batch's (the `num_tokens` metric)."""
+        difference = spans[:, 2].sum() - inputs["position_ids"].size(1)
+        difference = self.accelerator.gather_for_metrics(difference.reshape(1)).sum().item()
+        self._total_train_tokens += difference // self._tp_size
+        self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+
+    def _loss(self, model, inputs, return_outputs, num_items_in_batch, spans):
         if self.caption_words is None or return_outputs or not model.training:  # a training step's loss only
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         labels = inputs["labels"]
         with self.caption_words.capture():
             loss = super().compute_loss(model, inputs, False, num_items_in_batch)
-        words = self.caption_words(labels)
+        words = self.caption_words(labels, spans)
         if words is None:
             return loss
         self._metrics["train"]["caption_word_loss"].append(words.item())
@@ -151,6 +174,16 @@ class LangBridgeTrainer(SFTTrainer):
             cast[name] = done[key]
         return cast
 
+    def _get_train_sampler(self, train_dataset=None):
+        """transformers' sampler, given the items' token counts measured before training when it groups by length
+        (`train_sampling_strategy: group_by_length` or `batch_rebalance`): it would otherwise read them from the
+        dataset, whose items open their images when read."""
+        lengths = getattr(self.image_loader, "lengths", None)
+        grouped = self.args.train_sampling_strategy in ("group_by_length", "batch_rebalance")
+        if grouped and lengths is not None and (train_dataset is None or train_dataset is self.train_dataset):
+            train_dataset = Dataset.from_dict({self.args.length_column_name: lengths})
+        return super()._get_train_sampler(train_dataset)
+
     def create_optimizer(self, model=None):
         """AdamW (or the configured optimizer) with the projector and the vision tower at their own rates."""
         if self.optimizer is not None:
@@ -189,6 +222,20 @@ class LangBridgeTrainer(SFTTrainer):
                 overwrite=True,
             )
         return summary
+
+
+def packing_asked(training_args, collator) -> Packing:
+    """The layout of the collator's batches, which must be what the settings ask (`padding_free`, `packing`)."""
+    asked = training_args.packing or training_args.padding_free
+    packing = getattr(collator, "packing", None) or Packing()
+    if bool(asked) != packing.on:
+        setting = "packing" if training_args.packing else "padding_free"
+        raise LangBridgeUsageError(
+            f"{setting} is {bool(asked)} but the data collator builds {packing.mode} batches: build the data and the "
+            "collator for it (prepare_training_data and LangBridgeCollator with packing=packing_of(training_args, "
+            "model_args).for_model(model)), as the recipes do."
+        )
+    return packing
 
 
 @contextmanager
