@@ -348,3 +348,11 @@ def test_the_study_caches_each_run_and_summarises_every_seed(demo, tmp_path, cap
     assert (study / "remedies-seeds-4.md").read_text().count("\n| ") == 1 + 2 + len(
         REMEDIES
     )  # header, a row per variant
+    # A report names every setting that differs from the paper's recipe, at its top and in the rows of the runs it
+    # changes; the plain run's names only the raw-logit coefficients.
+    words = (study / "seed-4" / "none-words0.1" / "report.md").read_text()
+    assert "stage 1 of B and C: + caption-word loss 0.1" in words
+    assert "LangBridge's stage 1 (B, C) also trains with caption-word loss 0.1" in words
+    assert words.count("(stage 1 with caption-word loss 0.1) |") == 4  # B and C, in the test and validation tables
+    plain = (study / "seed-4" / "none" / "report.md").read_text()
+    assert "Differs from the paper's recipe: coefficients are raw logits" in plain and "(stage 1 with" not in plain

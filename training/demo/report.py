@@ -29,7 +29,7 @@ def score_table(results: dict, split: str) -> str:
         overall = scores["overall"]["vqa_accuracy"]
         relative = f"{100 * overall / baseline:.0f}%" if baseline else "-"
         lines.append(
-            f"| {name} | {runs[name]['description']} | "
+            f"| {name} | {run_label(name, runs[name]['description'], results['settings'])} | "
             + " | ".join(kinds)
             + f" | **{percent(overall)}** | {relative} |"
         )
@@ -208,6 +208,36 @@ def default_activation_note(settings: dict) -> str:
     return f"\nThe default activation, because {DEFAULT_ACTIVATION_REASON}.\n"
 
 
+def stage1_changes(settings: dict) -> str:
+    """What LangBridge's stage 1 (runs B and C) adds to the paper's ('' when it is the paper's): a remedy's weight
+    or rate, said wherever a figure of those runs is."""
+    changes = []
+    if settings.get("caption_word_loss"):
+        changes.append(f"caption-word loss {settings['caption_word_loss']:g}")
+    if settings.get("langbridge_pretrain_lr") is not None:
+        changes.append(f"stage-1 lr {settings['langbridge_pretrain_lr']:g}")
+    return ", ".join(changes)
+
+
+def run_label(name: str, description: str, settings: dict) -> str:
+    """A run's row label, with its stage 1's departure from the paper when it has one (B and C only: LLaVA's runs
+    and the no-stage-1 control train as the paper's)."""
+    changes = stage1_changes(settings)
+    return f"{description} (stage 1 with {changes})" if changes and name in ("B", "C") else description
+
+
+def differences_from_paper(settings: dict) -> str:
+    """Every setting of this run that differs from the paper's recipe, for the top of a report."""
+    differences = []
+    if settings["coefficient_activation"] != "softmax":
+        differences.append("coefficients are raw logits (the official code's), not the paper's softmax")
+    changes = stage1_changes(settings)
+    if changes:
+        differences.append(f"LangBridge's stage 1 (B, C) also trains with {changes}, which the paper's does not")
+    differences.append("toy scale: synthetic world, tiny LLMs and encoder (The parts, below)")
+    return "Differs from the paper's recipe: " + "; ".join(differences) + "."
+
+
 def coefficient_words(activation: str) -> str:
     return {
         "none": "raw logits (`--coefficients none`, as the official code)",
@@ -258,7 +288,8 @@ def write_report(out: Path, results: dict, experiment: dict, world: dict, use_ke
     }
     text = f"""# LangBridge demo: moving a pretrained adapter to another LLM, in miniature
 
-Seed {results["seed"]}{" (quick settings)" if results["quick"] else ""}; LangBridge coefficients: {coefficient_words(s["coefficient_activation"])}; {timing(results)}.
+Seed {results["seed"]}{" (quick settings)" if results["quick"] else ""}; LangBridge coefficients: {coefficient_words(s["coefficient_activation"])}{"; stage 1 of B and C: + " + stage1_changes(s) if stage1_changes(s) else ""}; {timing(results)}.
+{differences_from_paper(s)}
 {default_activation_note(s)}Scores are accuracies on {questions} held-out test questions ({s["test_scenes"]} unseen scenes, six kinds), by greedy
 generation, answers normalised as in VQA (one reference answer each, so VQA accuracy equals exact match).
 Every run used the same SFT data ({s["train_scenes"]} scenes, 3 questions each), steps ({s["sft_steps"]}),

@@ -162,15 +162,17 @@ def run_remedies(
     quick: bool = False,
     name: str = "remedies",
     use_kernels: bool | None = None,
+    activations=ACTIVATIONS,
 ) -> Path:
-    """Run each remedy on `seeds` beside the plain activations and write `name`.md / `name`.json: the figures a
-    remedy is judged by (validation split) and the test split beside them. Remedies that change more than
-    LangBridge's stage 1 (e.g. `{"text_steps": 8000}`: LLMs trained longer) run in seed folders of their own."""
+    """Run each remedy on `seeds` beside the plain `activations` (the paper's stage 1) and write `name`.md /
+    `name`.json: the figures a remedy is judged by (validation split) and the test split beside them. Remedies that
+    change more than LangBridge's stage 1 (e.g. `{"text_steps": 8000}`: LLMs trained longer) run in seed folders of
+    their own."""
     seeds = check_seeds(seeds)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     console = Console(out / "study.log")
-    variants = {activation: (activation, {}) for activation in ACTIVATIONS} | dict(remedies)
+    variants = {activation: (activation, {}) for activation in activations} | dict(remedies)
     try:
         plan = [(seed, a, o) for seed in seeds for a, o in variants.values()]
         results = run_variants(out, plan, quick, console, use_kernels)
@@ -213,6 +215,12 @@ def remedy_figures(results: dict, measured: dict) -> dict:
 def remedies_markdown(table: dict, seeds) -> str:
     lines = [
         f"# Remedies for the transfer, seeds {', '.join(map(str, seeds))}\n",
+        (
+            "Decision seeds: remedies are chosen on these seeds' validation split.\n"
+            if tuple(seeds) == VALIDATION_SEEDS
+            else f"Report seeds: never used for a decision (decisions were made on seeds "
+            f"{', '.join(map(str, VALIDATION_SEEDS))}, validation split); read the test split.\n"
+        ),
         "Judged on the validation split (the test split in brackets). Runs as % of A; captions: stage-1 captions "
         "with all four attributes right before SFT (validation), "
         + " / ".join(next(iter(next(iter(table.values())).values()))["validation"]["captions_before_sft"])
