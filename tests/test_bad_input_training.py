@@ -133,6 +133,8 @@ def test_an_infinite_or_huge_caption_word_loss_in_a_recipe_is_refused_before_any
         ):
             LangBridgeArguments(dataset="data.json", caption_word_loss=value)
     assert LangBridgeArguments(dataset="data.json", caption_word_loss=100).caption_word_loss == 100
+    with pytest.raises(SettingError, match=r"^coefficient_spread_loss is nan; give 0 \(off\) or a weight above 0"):
+        LangBridgeArguments(dataset="data.json", coefficient_spread_loss=math.nan)
 
 
 @pytest.mark.parametrize("value", ["inf", "1e30", "nan", "-1"])
@@ -292,6 +294,14 @@ def test_a_claim_is_refused_across_processes_and_dies_with_its_process(stage1, t
         (["--study", "--seed", "3"], "--seed is for a single demo run; --study runs without it (give its seeds with"),
         (["--study", "--coefficients", "softmax"], "--coefficient-activation is for a single demo run; --study runs"),
         (["--remedies", "--caption-word-loss", "0.1"], "--caption-word-loss is for a single demo run; --remedies runs"),
+        (
+            ["--study", "--coefficient-spread-loss", "1"],
+            "--coefficient-spread-loss is for a single demo run; --study runs without it",
+        ),
+        (
+            ["--coefficient-spread-loss", "-1"],
+            "argument --coefficient-spread-loss: -1.0 is not allowed; give 0 (off) or a weight above 0 and at most 100",
+        ),
         (["--study", "--remedies"], "--study and --remedies are separate runs; give one of them"),
     ],
 )

@@ -1,4 +1,5 @@
-"""The optional stage-1 caption-word loss: what it computes, that the recipe adds it, and where it is refused."""
+"""The optional stage-1 losses on the coefficients (caption words, spread): what they compute, that the recipe adds
+them, and where they are refused."""
 
 import math
 import re
@@ -9,7 +10,10 @@ from test_training import run_recipe, write_config
 from transformers import AutoModelForImageTextToText, TrainerCallback
 
 from langbridge_training import pretrain
-from langbridge_training.caption_words import CaptionWordLoss
+from langbridge_training.caption_words import CaptionWordLoss, coefficient_spread
+from langbridge_training.demo.transfer_diagnosis import coefficient_statistics
+
+LOSSES = ("caption_word_loss", "coefficient_spread_loss")
 
 
 def test_the_loss_is_the_caption_words_negative_log_probability_under_the_mean_coefficients(world_model_dir):
@@ -37,7 +41,31 @@ def test_the_loss_is_the_caption_words_negative_log_probability_under_the_mean_c
     assert words(labels_without_words) is None
 
 
-def test_stage_one_with_the_caption_word_loss_logs_it_and_trains_the_projector(world_model_dir, world, tmp_path):
+def test_the_spread_loss_is_the_log_of_how_many_words_each_token_mixes_and_its_gradient_lowers_it():
+    tokens = 48
+    one_word = torch.zeros(2, 3, tokens)
+    one_word[..., 5] = torch.tensor([1.0, -7.0, 30.0])  # any scale or sign: one word's embedding times a number
+    assert coefficient_spread(one_word).item() == pytest.approx(0.0, abs=1e-6)
+    even = torch.full((1, 4, tokens), 0.3) * torch.tensor([1.0, -1.0]).repeat(tokens // 2)  # signs do not matter
+    assert coefficient_spread(even).item() == pytest.approx(math.log(tokens), rel=1e-5)
+    two_words = torch.zeros(1, 1, tokens)
+    two_words[..., [1, 9]] = 4.0
+    assert coefficient_spread(two_words).item() == pytest.approx(math.log(2), rel=1e-5)
+
+    # the same count as transfer_diagnosis's effective_tokens, which the study reports
+    mixed = torch.randn(3, 9, tokens)
+    effective = coefficient_statistics(mixed.reshape(-1, tokens), torch.eye(tokens), torch.eye(tokens))
+    per_token = torch.exp(torch.stack([coefficient_spread(row.reshape(1, 1, -1)) for row in mixed.reshape(-1, tokens)]))
+    assert per_token.mean().item() == pytest.approx(effective["effective_tokens"], rel=1e-5)
+
+    mixed.requires_grad_(True)
+    coefficient_spread(mixed).backward()
+    with torch.no_grad():
+        assert coefficient_spread(mixed - 0.5 * mixed.grad) < coefficient_spread(mixed)
+
+
+@pytest.mark.parametrize("setting", LOSSES)
+def test_stage_one_with_a_coefficient_loss_logs_it_and_trains_the_projector(setting, world_model_dir, world, tmp_path):
     logged = []
 
     class Logs(TrainerCallback):
@@ -55,23 +83,28 @@ def test_stage_one_with_the_caption_word_loss_logs_it_and_trains_the_projector(w
             per_device_train_batch_size=8,
             learning_rate=5e-3,
             logging_steps=1,
-            caption_word_loss=weight,
+            **{setting: weight},
             seed=0,
         )
         return run_recipe(pretrain, config, callbacks=[Logs()])
 
-    stage_one(1.0, "words")
-    word_losses = [entry["caption_word_loss"] for entry in logged if "caption_word_loss" in entry]
-    assert len(word_losses) == 6 and all(math.isfinite(x) for x in word_losses)
-    assert word_losses[-1] < word_losses[0]  # the coefficients learn to name the captions' words
-    assert (tmp_path / "words" / "adapter").is_dir()
+    stage_one(1.0, "with")
+    losses = [entry[setting] for entry in logged if setting in entry]
+    assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
+    # the coefficients learn to name the captions' words, or to mix fewer words
+    assert losses[-1] < losses[0]
+    assert not [entry for entry in logged if (set(LOSSES) - {setting}) & set(entry)]  # only the one asked for
+    assert (tmp_path / "with" / "adapter").is_dir()
 
     logged.clear()
     stage_one(0.0, "plain")
-    assert not [entry for entry in logged if "caption_word_loss" in entry]  # off by default: the paper's stage 1
+    assert not [entry for entry in logged if set(LOSSES) & set(entry)]  # off by default: the paper's stage 1
 
 
-def test_the_caption_word_loss_is_refused_for_llava_below_zero_and_in_sft(parts, world, world_model_dir, tmp_path):
+@pytest.mark.parametrize("setting", LOSSES)
+def test_a_coefficient_loss_is_refused_for_llava_below_zero_and_in_sft(
+    setting, parts, world, world_model_dir, tmp_path
+):
     from langbridge_training import sft
     from langbridge_training.demo.llava_baseline import compose_llava
 
@@ -88,7 +121,7 @@ def test_the_caption_word_loss_is_refused_for_llava_below_zero_and_in_sft(parts,
             image_folder=str(world["images"]),
             output_dir=str(tmp_path / "out"),
             max_steps=1,
-            caption_word_loss=weight,
+            **{setting: weight},
         )
         with pytest.raises(ValueError, match=re.escape(message)):
             run_recipe(recipe, config)

@@ -354,5 +354,7 @@ def test_the_study_caches_each_run_and_summarises_every_seed(demo, tmp_path, cap
     assert "stage 1 of B and C: + caption-word loss 0.1" in words
     assert "LangBridge's stage 1 (B, C) also trains with caption-word loss 0.1" in words
     assert words.count("(stage 1 with caption-word loss 0.1) |") == 4  # B and C, in the test and validation tables
+    spread = (study / "seed-4" / "none-words0.1-spread1" / "report.md").read_text()
+    assert spread.count("(stage 1 with caption-word loss 0.1, coefficient-spread loss 1) |") == 4
     plain = (study / "seed-4" / "none" / "report.md").read_text()
     assert "Differs from the paper's recipe: coefficients are raw logits" in plain and "(stage 1 with" not in plain

@@ -58,6 +58,13 @@ class LangBridgeArguments:
             "caption's shared-vocabulary words (training/caption_words.py). 0: off, the paper's stage 1."
         },
     )
+    coefficient_spread_loss: float = field(
+        default=0.0,
+        metadata={
+            "help": "Stage 1, LangBridge: weight of an added loss asking each visual token to mix few shared words "
+            "(the mean log of its effective number of tokens; training/caption_words.py). 0: off, the paper's stage 1."
+        },
+    )
     use_kernels: bool | None = field(
         default=None,
         metadata={
@@ -104,6 +111,7 @@ class LangBridgeArguments:
             if value is not None and (not _number(value) or not math.isfinite(value) or not 0 < value <= 1):
                 raise SettingError(name, value, "a learning rate above 0 and at most 1, such as 1e-4 (or leave it out)")
         check_weight(self.caption_word_loss)
+        check_weight(self.coefficient_spread_loss, "coefficient_spread_loss")
         for name in ("skip_bad_images", "train_vision_tower", "merge_lora", "overwrite_output_dir"):
             if not isinstance(getattr(self, name), bool):
                 raise SettingError(name, getattr(self, name), "true or false")

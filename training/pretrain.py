@@ -62,7 +62,7 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
             data_report=report,
             image_loader=image_loader,
             callbacks=callbacks,
-            caption_word_loss=caption_word_loss_for(script_args, model),
+            **coefficient_losses_for(script_args, model),
         )
         trainer.train(resume_from_checkpoint=resume)
         trainer.report_data()
@@ -78,13 +78,16 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
     return trainer
 
 
-def caption_word_loss_for(script_args: LangBridgeArguments, model) -> float:
-    if script_args.caption_word_loss and model.config.model_type != "langbridge":
-        raise LangBridgeUsageError(
-            f"caption_word_loss is for LangBridge models (coefficients over a shared vocabulary); this is a "
-            f"{model.config.model_type!r} model. Set caption_word_loss: 0."
-        )
-    return script_args.caption_word_loss
+def coefficient_losses_for(script_args: LangBridgeArguments, model) -> dict:
+    """Stage 1's optional losses on LangBridge's coefficients, by weight; refused for a model without them."""
+    losses = {name: getattr(script_args, name) for name in ("caption_word_loss", "coefficient_spread_loss")}
+    for name, weight in losses.items():
+        if weight and model.config.model_type != "langbridge":
+            raise LangBridgeUsageError(
+                f"{name} is for LangBridge models (coefficients over a shared vocabulary); this is a "
+                f"{model.config.model_type!r} model. Set {name}: 0."
+            )
+    return losses
 
 
 if __name__ == "__main__":

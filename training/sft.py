@@ -27,10 +27,11 @@ from .trainer import LangBridgeTrainer, peft_reads_old_checkpointing_name
 def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args: ModelConfig, callbacks=None):
     script_args.check()  # every setting, before any work
     packing = packing_of(training_args, model_args)  # padding_free / packing, done here for image-text data
-    if script_args.caption_word_loss:
-        raise LangBridgeUsageError(
-            "caption_word_loss is a stage-1 setting (langbridge train pretrain); remove it from the SFT recipe."
-        )
+    for name in ("caption_word_loss", "coefficient_spread_loss"):
+        if getattr(script_args, name):
+            raise LangBridgeUsageError(
+                f"{name} is a stage-1 setting (langbridge train pretrain); remove it from the SFT recipe."
+            )
     with run_output(
         training_args, model_args.model_name_or_path, script_args.overwrite_output_dir
     ) as resume:  # output_dir: this run's alone, an earlier run there continued or replaced only when asked

@@ -14,7 +14,7 @@ from trl import SFTTrainer
 from modeling_langbridge.errors import LangBridgeUsageError
 from modeling_langbridge.files import atomic_file, write_text_atomic
 
-from .caption_words import CaptionWordLoss
+from .caption_words import CaptionWordLoss, coefficient_spread
 from .data import DataReport
 from .outputs import files_written_whole
 from .packing import Packing
@@ -29,6 +29,7 @@ class LangBridgeTrainer(SFTTrainer):
         data_report: DataReport | None = None,
         image_loader=None,
         caption_word_loss: float = 0.0,
+        coefficient_spread_loss: float = 0.0,
         **kwargs,
     ):
         self.projector_lr = projector_lr
@@ -44,12 +45,21 @@ class LangBridgeTrainer(SFTTrainer):
         with peft_reads_old_checkpointing_name():
             super().__init__(*args, **kwargs)
         self.keep_float32_master_weights()
-        self.caption_word_loss = caption_word_loss
-        self.caption_words = CaptionWordLoss(self.accelerator.unwrap_model(self.model)) if caption_word_loss else None
+        # stage 1's optional losses on LangBridge's coefficients (caption_words.py), by their weights
+        self.coefficient_losses = {
+            name: weight
+            for name, weight in (
+                ("caption_word_loss", caption_word_loss),
+                ("coefficient_spread_loss", coefficient_spread_loss),
+            )
+            if weight
+        }
+        model = self.accelerator.unwrap_model(self.model)
+        self.caption_words = CaptionWordLoss(model) if self.coefficient_losses else None
         self.tokenizer_state = tokenizer_call_state(self.processing_class)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """TRL's loss, plus `caption_word_loss` x the caption-word loss (`caption_words.py`) when asked. A packed
+        """TRL's loss, plus the coefficient losses asked for (`caption_words.py`), each times its weight. A packed
         batch's `sample_spans` (where each sample lies in its row) stay out of the model's inputs."""
         spans = inputs.pop("sample_spans", None)
         loss = self._loss(model, inputs, return_outputs, num_items_in_batch, spans)
@@ -72,13 +82,21 @@ class LangBridgeTrainer(SFTTrainer):
         labels = inputs["labels"]
         with self.caption_words.capture():
             loss = super().compute_loss(model, inputs, False, num_items_in_batch)
-        words = self.caption_words(labels, spans)
-        if words is None:
+        coefficients = self.caption_words.captured_coefficients()
+        if coefficients is None:
             return loss
-        self._metrics["train"]["caption_word_loss"].append(words.item())
-        if self.loss_scaled_over_accumulation(num_items_in_batch):  # as the caption loss is, so is this one
-            words = words / getattr(self, "current_gradient_accumulation_steps", 1)
-        return loss + self.caption_word_loss * words
+        for name, weight in self.coefficient_losses.items():
+            if name == "caption_word_loss":
+                term = self.caption_words.words(coefficients, labels, spans)
+                if term is None:  # no caption word in the shared vocabulary
+                    continue
+            else:
+                term = coefficient_spread(coefficients)
+            self._metrics["train"][name].append(term.item())
+            if self.loss_scaled_over_accumulation(num_items_in_batch):  # as the caption loss is, so are these
+                term = term / getattr(self, "current_gradient_accumulation_steps", 1)
+            loss = loss + weight * term
+        return loss
 
     def loss_scaled_over_accumulation(self, num_items_in_batch) -> bool:
         """Whether the Trainer leaves the loss undivided by the accumulation steps (it was normalised by the

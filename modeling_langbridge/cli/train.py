@@ -58,11 +58,12 @@ def demo_command(args) -> int:
         "--seed": several and args.seed is not None,
         "--coefficient-activation": several and args.coefficient_activation is not None,
         "--caption-word-loss": several and args.caption_word_loss is not None,
+        "--coefficient-spread-loss": several and args.coefficient_spread_loss is not None,
     }
     for flag, refused in ignored.items():
         if refused:
             runs = "runs both activations" if flag == "--coefficient-activation" else "runs without it"
-            if flag == "--caption-word-loss" and args.remedies:
+            if flag in ("--caption-word-loss", "--coefficient-spread-loss") and args.remedies:
                 runs = "runs it beside the other remedies"
             raise LangBridgeUsageError(
                 f"{flag} is for a single demo run; {several} {runs}"
@@ -100,7 +101,15 @@ def demo_command(args) -> int:
         quick=args.quick,
         seed=DemoSettings.seed if args.seed is None else args.seed,
         coefficient_activation=args.coefficient_activation or DemoSettings.coefficient_activation,
-        overrides={"caption_word_loss": args.caption_word_loss} if args.caption_word_loss else None,
+        overrides={
+            name: weight
+            for name, weight in (
+                ("caption_word_loss", args.caption_word_loss),
+                ("coefficient_spread_loss", args.coefficient_spread_loss),
+            )
+            if weight
+        }
+        or None,
         use_kernels=args.use_kernels,
     )
     return 0
@@ -206,6 +215,15 @@ def add_commands(commands) -> None:
         help="the study's best remedy: LangBridge's stage 1 also asks each image's coefficients to name its "
         "caption's words, at this weight, from 0 to 100 (0.1 in the study; 0: the paper's stage 1); a single run's "
         f"(default: {DemoSettings.caption_word_loss:g})",
+    )
+    p.add_argument(
+        "--coefficient-spread-loss",
+        type=owned_by(lambda value: check_weight(value, "coefficient_spread_loss"), float),
+        default=None,
+        metavar="WEIGHT",
+        help="a remedy tried in the study: LangBridge's stage 1 also asks each visual token to mix few shared words, "
+        "at this weight, from 0 to 100 (0: the paper's stage 1); a single run's "
+        f"(default: {DemoSettings.coefficient_spread_loss:g})",
     )
     p.add_argument(
         "--study",

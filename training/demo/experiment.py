@@ -109,6 +109,9 @@ class DemoSettings:
     # Another remedy: the weight of stage 1's caption-word loss for the LangBridge runs (training/caption_words.py;
     # 0: off, the paper's stage 1). Its runs get their own stage names too.
     caption_word_loss: float = 0.0
+    # A third: the weight of stage 1's coefficient-spread loss (each visual token a mix of few words;
+    # training/caption_words.py; 0: off). Its runs get their own stage names too.
+    coefficient_spread_loss: float = 0.0
     # transformers' Hub kernels for every model the demo loads (None: only when the Hub may be reached). How models
     # load, not what the stages compute: never recorded, so it redoes no stage and any cache serves either setting.
     use_kernels: bool | None = None
@@ -119,6 +122,7 @@ class DemoSettings:
         if self.coefficient_activation not in ("none", "softmax"):
             raise SettingError("coefficient_activation", self.coefficient_activation, "none or softmax")
         check_weight(self.caption_word_loss)
+        check_weight(self.coefficient_spread_loss, "coefficient_spread_loss")
 
     @classmethod
     def quick(cls, seed: int = 0, coefficient_activation: str = "none") -> "DemoSettings":
@@ -153,7 +157,7 @@ class DemoSettings:
         return hashlib.sha256(json.dumps(chosen, sort_keys=True).encode()).hexdigest()[:12]
 
 
-OMITTED_AT_DEFAULT = {"caption_word_loss": 0.0}  # see DemoSettings.recorded
+OMITTED_AT_DEFAULT = {"caption_word_loss": 0.0, "coefficient_spread_loss": 0.0}  # see DemoSettings.recorded
 NOT_RECORDED = ("use_kernels",)
 
 # What each stage's result depends on: a stage is redone when one of these settings changes.
@@ -175,14 +179,16 @@ COMPOSED = VISION + VOCABULARY + ("projector_hidden",)
 PRETRAIN = WORLD + COMPOSED + ("pretrain_steps", "pretrain_lr", "pretrain_checkpoints", "batch_size")
 SFT = PRETRAIN + ("sft_steps", "sft_lr")
 # Added to a stage's dependencies when it trains or reads a LangBridge connector.
-LANGBRIDGE = ("coefficient_activation", "langbridge_pretrain_lr", "caption_word_loss")
+LANGBRIDGE = ("coefficient_activation", "langbridge_pretrain_lr", "caption_word_loss", "coefficient_spread_loss")
 
 
 def langbridge_label(s: DemoSettings) -> str:
-    """What tells LangBridge runs apart in stage names and report folders: the activation, and a remedy's rate."""
+    """What tells LangBridge runs apart in stage names and report folders: the activation, and a remedy's rate and
+    weights."""
     rate = f"-lr{s.langbridge_pretrain_lr:g}" if s.langbridge_pretrain_lr is not None else ""
     words = f"-words{s.caption_word_loss:g}" if s.caption_word_loss else ""
-    return f"{s.coefficient_activation}{rate}{words}"
+    spread = f"-spread{s.coefficient_spread_loss:g}" if s.coefficient_spread_loss else ""
+    return f"{s.coefficient_activation}{rate}{words}{spread}"
 
 
 def run_stage(s: DemoSettings, run: str, kind: str, depends_on: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
@@ -464,7 +470,7 @@ def train(
     s: DemoSettings,
     on_step=None,
     langbridge_lr=None,
-    caption_word_loss: float = 0.0,
+    coefficient_losses: dict | None = None,
 ) -> dict:
     """One run of a project recipe with the demo's settings; returns its losses. The Trainer prints its log (a loss
     dict per `logging_steps`) instead of a progress bar; `on_step` is called after every step."""
@@ -485,7 +491,7 @@ def train(
     script_args = LangBridgeArguments(
         dataset=data["captions" if stage1 else "conversations"],
         image_folder=data["images"],
-        caption_word_loss=caption_word_loss,
+        **(coefficient_losses or {}),
         use_kernels=s.use_kernels,
     )
     training_args = SFTConfig(
@@ -520,6 +526,11 @@ def train(
     return {"path": str(out), "losses": losses}
 
 
+def coefficient_losses(s: DemoSettings) -> dict:
+    """The weights of stage 1's optional coefficient losses for the LangBridge runs (LLaVA's runs train without)."""
+    return {"caption_word_loss": s.caption_word_loss, "coefficient_spread_loss": s.coefficient_spread_loss}
+
+
 def run_experiment(stages: Stages, s: DemoSettings, world: dict, composed: dict, llm2: dict) -> dict:
     from modeling_langbridge.assembly.transfer import transfer
 
@@ -539,7 +550,7 @@ def run_experiment(stages: Stages, s: DemoSettings, world: dict, composed: dict,
                 s,
                 stages.advance,
                 langbridge_lr=s.langbridge_pretrain_lr if RUNS[run][0] == "langbridge" else None,
-                caption_word_loss=s.caption_word_loss if RUNS[run][0] == "langbridge" else 0.0,
+                coefficient_losses=coefficient_losses(s) if RUNS[run][0] == "langbridge" else None,
             ),
         )
 

@@ -202,7 +202,7 @@ def default_activation_note(settings: dict) -> str:
     """Why the demo's default activation is the default, when the run used it (and no stage-1 remedy)."""
     from .experiment import DEFAULT_ACTIVATION_REASON, DemoSettings
 
-    remedy = settings.get("langbridge_pretrain_lr") or settings.get("caption_word_loss")
+    remedy = stage1_changes(settings)
     if settings["coefficient_activation"] != DemoSettings.coefficient_activation or remedy:
         return ""
     return f"\nThe default activation, because {DEFAULT_ACTIVATION_REASON}.\n"
@@ -214,6 +214,8 @@ def stage1_changes(settings: dict) -> str:
     changes = []
     if settings.get("caption_word_loss"):
         changes.append(f"caption-word loss {settings['caption_word_loss']:g}")
+    if settings.get("coefficient_spread_loss"):
+        changes.append(f"coefficient-spread loss {settings['coefficient_spread_loss']:g}")
     if settings.get("langbridge_pretrain_lr") is not None:
         changes.append(f"stage-1 lr {settings['langbridge_pretrain_lr']:g}")
     return ", ".join(changes)
