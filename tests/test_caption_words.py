@@ -110,9 +110,9 @@ def test_a_coefficient_loss_is_refused_for_llava_below_zero_and_in_sft(
 
     llava = compose_llava(str(parts["clip"]), str(parts["qwen2"])).save(tmp_path / "llava")
     for recipe, model, weight, message in (
-        (pretrain, llava, 1.0, "for LangBridge models"),
-        (pretrain, world_model_dir, -1.0, "give 0 (off)"),
-        (sft, world_model_dir, 1.0, "a stage-1 setting"),
+        (pretrain, llava, 1.0, f"{setting} is for LangBridge models"),
+        (pretrain, world_model_dir, -1.0, f"{setting} is -1.0; give 0 (off)"),
+        (sft, world_model_dir, 1.0, f"{setting} is a stage-1 setting"),
     ):
         config = write_config(
             tmp_path / "c.yaml",
@@ -126,3 +126,15 @@ def test_a_coefficient_loss_is_refused_for_llava_below_zero_and_in_sft(
         with pytest.raises(ValueError, match=re.escape(message)):
             run_recipe(recipe, config)
         assert not (tmp_path / "out").exists()  # refused before any work
+
+
+def test_demo_folders_made_before_the_losses_stay_valid_and_runs_with_them_get_their_own_stages():
+    from langbridge_training.demo.experiment import DemoSettings, langbridge_label
+
+    plain = DemoSettings()
+    assert not set(LOSSES) & set(plain.recorded())  # at 0 they are left out: older caches keep their fingerprints
+    spread = DemoSettings(caption_word_loss=0.1, coefficient_spread_loss=1.0)
+    assert {"caption_word_loss": 0.1, "coefficient_spread_loss": 1.0}.items() <= spread.recorded().items()
+    assert spread.fingerprint("seed") == plain.fingerprint("seed")  # the world, LLMs and LLaVA runs are shared
+    assert spread.fingerprint() != plain.fingerprint()
+    assert langbridge_label(spread) == "none-words0.1-spread1" and langbridge_label(plain) == "none"

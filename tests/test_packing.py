@@ -376,7 +376,7 @@ def test_a_packed_sft_run_learns_as_the_padded_run_does(pretrained, world, tmp_p
     assert abs(packed_end - padded_end) < 0.25 * padded_end, (padded_end, packed_end)
 
 
-def test_a_packed_stage_one_run_with_the_caption_word_loss_matches_the_padded_run(world_model_dir, world, tmp_path):
+def test_a_packed_stage_one_run_with_the_coefficient_losses_matches_the_padded_run(world_model_dir, world, tmp_path):
     common = dict(
         model_name_or_path=str(world_model_dir),
         dataset=str(world["captions"]),
@@ -385,6 +385,7 @@ def test_a_packed_stage_one_run_with_the_caption_word_loss_matches_the_padded_ru
         per_device_train_batch_size=8,
         learning_rate=3e-3,
         caption_word_loss=0.1,
+        coefficient_spread_loss=0.1,
         max_length=64,
     )
     padded = run_recipe(pretrain, write_config(tmp_path / "a.yaml", output_dir=str(tmp_path / "padded"), **common))
@@ -392,7 +393,8 @@ def test_a_packed_stage_one_run_with_the_caption_word_loss_matches_the_padded_ru
         pretrain, write_config(tmp_path / "b.yaml", output_dir=str(tmp_path / "free"), padding_free=True, **common)
     )
     assert len(logged(free, "caption_word_loss")) == 4
-    assert logged(free, "caption_word_loss") == pytest.approx(logged(padded, "caption_word_loss"), rel=1e-4)
+    for loss in ("caption_word_loss", "coefficient_spread_loss"):
+        assert logged(free, loss) == pytest.approx(logged(padded, loss), rel=1e-4)
     assert logged(free) == pytest.approx(logged(padded), rel=1e-4)
 
 

@@ -19,7 +19,7 @@ from modeling_langbridge.errors import LangBridgeUsageError
 
 from .packing import sample_labels
 
-# The loss's weight beside the caption loss: 0 is off; the study's remedy is 0.1. Both losses are a few nats, so a
+# Each loss's weight beside the caption loss: 0 is off; the study's caption-word remedy is 0.1. All are a few nats, so a
 # weight above 100 leaves the caption loss nothing to say, and very large ones overflow the gradient norm (1e30 trained
 # a projector of NaN).
 MAX_WEIGHT = 100.0
@@ -42,15 +42,17 @@ def check_weight(value, setting: str = "caption_word_loss", source: str | None =
 def coefficient_spread(coefficients: torch.Tensor) -> torch.Tensor:
     """Over how many shared words each visual token spreads, as the mean log of its effective number of tokens
     (participation ratio of |c|, `transfer_diagnosis`'s `effective_tokens`): 0 when every token is one word's
-    embedding times a scale, log T when spread evenly. Scale-free, so it asks for few words, not small ones; for
-    raw logits and softmax alike."""
+    embedding times a scale, log T when spread evenly. Scale-free, so it asks for few words, not small ones (its
+    gradient never shrinks the coefficients); for raw logits and softmax alike. It keeps [images, patches, T] float32
+    tensors for the backward pass, as the coefficients themselves are: at 576 patches and T = 19,200, 44 MB an image."""
     c = coefficients.float()
     effective = c.abs().sum(-1).pow(2) / c.pow(2).sum(-1).clamp_min(1e-12)
     return effective.clamp_min(1.0).log().mean()
 
 
 class CaptionWordLoss:
-    """Scores the coefficients of the images a forward pass projected (`capture`) against the labels' words."""
+    """Keeps the coefficients of the images a forward pass projected (`capture`), for both stage-1 losses, and
+    scores them against the labels' words."""
 
     def __init__(self, model):
         self.projector = model.model.multi_modal_projector

@@ -63,8 +63,10 @@ def demo_command(args) -> int:
     for flag, refused in ignored.items():
         if refused:
             runs = "runs both activations" if flag == "--coefficient-activation" else "runs without it"
-            if flag in ("--caption-word-loss", "--coefficient-spread-loss") and args.remedies:
+            if flag == "--caption-word-loss" and args.remedies:
                 runs = "runs it beside the other remedies"
+            if flag == "--coefficient-spread-loss" and args.remedies:
+                runs = "runs it, with the caption-word loss, among the remedies"
             raise LangBridgeUsageError(
                 f"{flag} is for a single demo run; {several} {runs}"
                 + (" (give its seeds with --seeds)." if flag == "--seed" else "; leave it out.")
@@ -221,7 +223,7 @@ def add_commands(commands) -> None:
         type=owned_by(lambda value: check_weight(value, "coefficient_spread_loss"), float),
         default=None,
         metavar="WEIGHT",
-        help="a remedy tried in the study: LangBridge's stage 1 also asks each visual token to mix few shared words, "
+        help="a remedy tried in the study (README: it did not hold): LangBridge's stage 1 also asks each visual token to mix few shared words, "
         "at this weight, from 0 to 100 (0: the paper's stage 1); a single run's "
         f"(default: {DemoSettings.coefficient_spread_loss:g})",
     )

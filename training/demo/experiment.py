@@ -117,7 +117,7 @@ class DemoSettings:
     use_kernels: bool | None = None
 
     def __post_init__(self):
-        """The settings a user gives (the seed, the activation, the caption-word weight), checked before any work."""
+        """The settings a user gives (the seed, the activation, the stage-1 loss weights), checked before any work."""
         check_seed(self.seed)
         if self.coefficient_activation not in ("none", "softmax"):
             raise SettingError("coefficient_activation", self.coefficient_activation, "none or softmax")

@@ -22,7 +22,7 @@ DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 VALIDATION_SEEDS = (0, 1, 2)
 # Candidate remedies for a failed transfer: a name, the activation, and the DemoSettings fields they change. Softmax
 # coefficients learn slowly at the demo's stage-1 rate (its B captions little even on LLM-1), so the candidates give
-# the LangBridge stage 1 a larger rate; the last asks the coefficients to name the captions' words
+# the LangBridge stage 1 a larger rate; the caption-word loss asks the coefficients to name the captions' words
 # (training/caption_words.py), as the diagnosis found they do not.
 REMEDIES = {
     "softmax, stage-1 lr 5e-3": ("softmax", {"langbridge_pretrain_lr": 5e-3}),
@@ -69,7 +69,8 @@ def check_seeds(seeds, setting: str = "seeds") -> tuple[int, ...]:
 
 
 def label(activation: str, overrides: dict | None = None) -> str:
-    """The report folder of a variant inside its seed folder: its activation, and a stage-1 remedy's rate."""
+    """The report folder of a variant inside its seed folder: its activation, and a stage-1 remedy's rate and
+    weights."""
     from .experiment import DemoSettings, langbridge_label
 
     return langbridge_label(replace(DemoSettings(coefficient_activation=activation), **(overrides or {})))
