@@ -298,6 +298,11 @@ def test_a_claim_is_refused_across_processes_and_dies_with_its_process(stage1, t
             ["--study", "--coefficient-spread-loss", "1"],
             "--coefficient-spread-loss is for a single demo run; --study runs without it",
         ),
+        (["--remedies", "--langbridge-pretrain-lr", "5e-3"], "--langbridge-pretrain-lr is for a single demo run"),
+        (
+            ["--langbridge-pretrain-lr", "0"],
+            "argument --langbridge-pretrain-lr: 0.0 is not allowed; give a learning rate above 0 and at most 1",
+        ),
         (
             ["--coefficient-spread-loss", "-1"],
             "argument --coefficient-spread-loss: -1.0 is not allowed; give 0 (off) or a weight above 0 and at most 100",

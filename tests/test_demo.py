@@ -67,7 +67,8 @@ def test_quick_demo_writes_a_complete_report_and_reuses_its_stages(demo, capsys)
         "## The parts",
         "## Validation accuracy (%)",
         "## Training curves",
-        "Seed 3 (quick settings)",
+        "Seed 3 (a report seed of the study: seeds 0, 1, 2 chose the demo's defaults; the test split decided "
+        "nothing) (quick settings)",
         "![training curves](curves.png)",
         "![token overlay](overlay.png)",
         "![alignment](alignment/none/alignment.png)",
@@ -104,7 +105,7 @@ def test_quick_demo_writes_a_complete_report_and_reuses_its_stages(demo, capsys)
     # A second run finds every stage done, keeps the times they were measured in, and only rewrites the report.
     times = report.split("Stage times (s, each as measured when the stage ran): ")[1].split(". ")[0]
     assert re.search(
-        rf"Seed 3 \(quick settings\); LangBridge coefficients: raw logits [^;]*; {results['seconds']:.0f} s on this "
+        rf"Seed 3 \(a report seed [^)]*\) \(quick settings\); LangBridge coefficients: raw logits [^;]*; {results['seconds']:.0f} s on this "
         "machine",
         report,
     )
@@ -320,7 +321,8 @@ def test_the_study_caches_each_run_and_summarises_every_seed(demo, tmp_path, cap
         assert runs["A"]["path"].endswith("sft/A") and runs["B"]["path"].endswith(f"sft/B-{activation}")
     text = (study / "summary.md").read_text()
     assert text.count("Why B transfers or not") == 2
-    assert text.count("## Coefficients: ") == 2 and text.count("\n| 3 | ") == 8 and text.count("\n| 4 | ") == 8
+    assert text.count("## Coefficients: ") == 2 and text.count("\n| 3 (report) | ") == 8
+    assert text.count("\n| 4 (report) | ") == 8 and "| 0 (decision) |" not in text
     with Image.open(study / "study.png") as image:
         assert image.width > 500
     for seed in (3, 4):

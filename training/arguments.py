@@ -22,6 +22,15 @@ class SettingError(LangBridgeUsageError):
         return f"{self.setting}{where} is {self.value!r}; give {self.accepted}."
 
 
+def check_learning_rate(value, setting: str, source: str | None = None):
+    """A learning rate that may be left out (None): else a finite number above 0 and at most 1."""
+    if value is not None and (not _number(value) or not math.isfinite(value) or not 0 < value <= 1):
+        raise SettingError(
+            setting, value, "a learning rate above 0 and at most 1, such as 1e-4 (or leave it out)", source
+        )
+    return value
+
+
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -107,9 +116,7 @@ class LangBridgeArguments:
         if self.max_samples is not None and not (whole and self.max_samples >= 1):
             raise SettingError("max_samples", self.max_samples, "a whole number of at least 1 (or leave it out)")
         for name in ("projector_lr", "vision_tower_lr"):
-            value = getattr(self, name)
-            if value is not None and (not _number(value) or not math.isfinite(value) or not 0 < value <= 1):
-                raise SettingError(name, value, "a learning rate above 0 and at most 1, such as 1e-4 (or leave it out)")
+            check_learning_rate(getattr(self, name), name)
         check_weight(self.caption_word_loss)
         check_weight(self.coefficient_spread_loss, "coefficient_spread_loss")
         for name in ("skip_bad_images", "train_vision_tower", "merge_lora", "overwrite_output_dir"):

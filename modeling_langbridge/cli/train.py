@@ -59,14 +59,17 @@ def demo_command(args) -> int:
         "--coefficient-activation": several and args.coefficient_activation is not None,
         "--caption-word-loss": several and args.caption_word_loss is not None,
         "--coefficient-spread-loss": several and args.coefficient_spread_loss is not None,
+        "--langbridge-pretrain-lr": several and args.langbridge_pretrain_lr is not None,
     }
     for flag, refused in ignored.items():
         if refused:
             runs = "runs both activations" if flag == "--coefficient-activation" else "runs without it"
-            if flag == "--caption-word-loss" and args.remedies:
-                runs = "runs it beside the other remedies"
-            if flag == "--coefficient-spread-loss" and args.remedies:
-                runs = "runs it, with the caption-word loss, among the remedies"
+            if args.remedies:  # what the remedies do with the setting
+                runs = {
+                    "--caption-word-loss": "runs it beside the other remedies",
+                    "--coefficient-spread-loss": "runs it, with the caption-word loss, among the remedies",
+                    "--langbridge-pretrain-lr": "runs its own rates among the remedies",
+                }.get(flag, runs)
             raise LangBridgeUsageError(
                 f"{flag} is for a single demo run; {several} {runs}"
                 + (" (give its seeds with --seeds)." if flag == "--seed" else "; leave it out.")
@@ -108,6 +111,7 @@ def demo_command(args) -> int:
             for name, weight in (
                 ("caption_word_loss", args.caption_word_loss),
                 ("coefficient_spread_loss", args.coefficient_spread_loss),
+                ("langbridge_pretrain_lr", args.langbridge_pretrain_lr),
             )
             if weight
         }
@@ -174,6 +178,7 @@ def add_commands(commands) -> None:
     p.epilog = "Further flags of SFTConfig, ModelConfig or LangBridgeArguments override the YAML, e.g. --max_steps 10."
     command(p, train_command, existing=(("config", "recipe YAML"),))
 
+    from langbridge_training.arguments import check_learning_rate
     from langbridge_training.caption_words import check_weight
     from langbridge_training.demo.experiment import DemoSettings, check_seed
     from langbridge_training.demo.study import ACTIVATIONS, DEFAULT_SEEDS, VALIDATION_SEEDS
@@ -226,6 +231,14 @@ def add_commands(commands) -> None:
         help="a remedy tried in the study (README: it did not hold): LangBridge's stage 1 also asks each visual token to mix few shared words, "
         "at this weight, from 0 to 100 (0: the paper's stage 1); a single run's "
         f"(default: {DemoSettings.coefficient_spread_loss:g})",
+    )
+    p.add_argument(
+        "--langbridge-pretrain-lr",
+        type=owned_by(lambda value: check_learning_rate(value, "langbridge_pretrain_lr"), float),
+        default=None,
+        metavar="RATE",
+        help="stage 1's learning rate for the LangBridge runs (B, C), as the study's softmax remedies set it (5e-3); "
+        f"a single run's (default: stage 1's rate, {DemoSettings.pretrain_lr:g})",
     )
     p.add_argument(
         "--study",

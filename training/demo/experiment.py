@@ -24,7 +24,7 @@ import torch
 
 from modeling_langbridge.model.modeling_langbridge import hub_kernels_wanted
 
-from ..arguments import SettingError
+from ..arguments import SettingError, check_learning_rate
 from ..caption_words import check_weight
 from .console import Console
 
@@ -123,6 +123,7 @@ class DemoSettings:
             raise SettingError("coefficient_activation", self.coefficient_activation, "none or softmax")
         check_weight(self.caption_word_loss)
         check_weight(self.coefficient_spread_loss, "coefficient_spread_loss")
+        check_learning_rate(self.langbridge_pretrain_lr, "langbridge_pretrain_lr")
 
     @classmethod
     def quick(cls, seed: int = 0, coefficient_activation: str = "none") -> "DemoSettings":

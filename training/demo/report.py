@@ -208,6 +208,18 @@ def default_activation_note(settings: dict) -> str:
     return f"\nThe default activation, because {DEFAULT_ACTIVATION_REASON}.\n"
 
 
+def seed_note(seed: int) -> str:
+    """The seed, and its part in the study: its validation split took decisions (the default activation, the remedies
+    carried to other seeds), or it only reports. Either way this report's test split decided nothing."""
+    from .study import VALIDATION_SEEDS
+
+    role = "decision" if seed in VALIDATION_SEEDS else "report"
+    decided = (
+        "its validation split chose" if role == "decision" else f"seeds {', '.join(map(str, VALIDATION_SEEDS))} chose"
+    )
+    return f"{seed} (a {role} seed of the study: {decided} the demo's defaults; the test split decided nothing)"
+
+
 def stage1_changes(settings: dict) -> str:
     """What LangBridge's stage 1 (runs B and C) adds to the paper's ('' when it is the paper's): a remedy's weight
     or rate, said wherever a figure of those runs is."""
@@ -290,7 +302,7 @@ def write_report(out: Path, results: dict, experiment: dict, world: dict, use_ke
     }
     text = f"""# LangBridge demo: moving a pretrained adapter to another LLM, in miniature
 
-Seed {results["seed"]}{" (quick settings)" if results["quick"] else ""}; LangBridge coefficients: {coefficient_words(s["coefficient_activation"])}{"; stage 1 of B and C: + " + stage1_changes(s) if stage1_changes(s) else ""}; {timing(results)}.
+Seed {seed_note(results["seed"])}{" (quick settings)" if results["quick"] else ""}; LangBridge coefficients: {coefficient_words(s["coefficient_activation"])}{"; stage 1 of B and C: + " + stage1_changes(s) if stage1_changes(s) else ""}; {timing(results)}.
 {differences_from_paper(s)}
 {default_activation_note(s)}Scores are accuracies on {questions} held-out test questions ({s["test_scenes"]} unseen scenes, six kinds), by greedy
 generation, answers normalised as in VQA (one reference answer each, so VQA accuracy equals exact match).

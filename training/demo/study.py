@@ -45,6 +45,12 @@ REMEDIES = {
 }
 
 
+def seed_role(seed: int) -> str:
+    """A seed as tables name it: whether it decides (its validation split chose the default and the remedies worth
+    carrying) or only reports, so that no figure is read without knowing which."""
+    return f"{seed} ({'decision' if int(seed) in VALIDATION_SEEDS else 'report'})"
+
+
 def check_seeds(seeds, setting: str = "seeds") -> tuple[int, ...]:
     """The study's seeds: each a demo seed, each once. A repeated seed would run once but count twice in every
     mean, minimum, maximum and spread of the summary; it is refused, not dropped, since a list with a repeat is
@@ -252,7 +258,7 @@ def remedies_markdown(table: dict, seeds) -> str:
             d = per_seed[seed]["diagnosis"]
             named = " / ".join(percent(d[f"readable_{a}"]) for a in ("colour", "shape", "count"))
             lines.append(
-                f"| {name} | {seed} | {percent(v['A'])} ({percent(t['A'])}) | {runs} | {captions} | {named} | "
+                f"| {name} | {seed_role(seed)} | {percent(v['A'])} ({percent(t['A'])}) | {runs} | {captions} | {named} | "
                 f"{d['effective_tokens']:.1f} |"
             )
     return "\n".join(lines) + "\n"
@@ -434,7 +440,7 @@ def seed_table(study: dict, seeds, split: str) -> str:
         cells = [percent(row["A"]["accuracy"])] + [
             f"{percent(row[r]['accuracy'])} ({100 * row[r]['of_a']:.0f}%)" for r in ORDER[1:]
         ]
-        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+        lines.append(f"| {seed_role(seed)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -470,7 +476,8 @@ def captions_table(study: dict, seeds, split: str) -> str:
     lines = ["| seed | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     for seed in seeds:
         cells = study["captions_before_sft"][seed]
-        lines.append(f"| {seed} | " + " | ".join(percent(cells[label][split]["exact"]) for label in labels) + " |")
+        captions = " | ".join(percent(cells[label][split]["exact"]) for label in labels)
+        lines.append(f"| {seed_role(seed)} | {captions} |")
     return "\n".join(lines)
 
 
@@ -494,7 +501,7 @@ def diagnosis_table(study: dict, seeds) -> str:
         if not m:
             continue
         lines.append(
-            f"| {seed} | {100 * study['per_seed']['test'][seed]['B']['of_a']:.0f}% | "
+            f"| {seed_role(seed)} | {100 * study['per_seed']['test'][seed]['B']['of_a']:.0f}% | "
             f"{m['similarity_agreement']:.2f} | {percent(m['readable_colour'])} | "
             f"{percent(m['readable_shape'])} | {percent(m['readable_count'])} | "
             f"{m['effective_tokens']:.1f} of {m['shared_tokens']} | {m['norm']:.2f} | "
