@@ -61,7 +61,7 @@ def test_quick_demo_writes_a_complete_report_and_reuses_its_stages(demo, capsys)
     assert len(markers) == 26 and not [m for m in markers if str(out) in m.read_text()]  # a moved folder resumes
 
     report = (out / "report.md").read_text()
-    assert "The default activation, because on the study's validation seeds" in report  # the demo's default: none
+    assert "The default activation, because on the study's decision seeds" in report  # the demo's default: none
     for section in (
         "## Test accuracy (%)",
         "## The parts",
