@@ -219,8 +219,9 @@ def add_commands(commands) -> None:
         type=owned_by(check_weight, float),
         default=None,
         metavar="WEIGHT",
-        help="the study's best remedy: LangBridge's stage 1 also asks each image's coefficients to name its "
-        "caption's words, at this weight, from 0 to 100 (0.1 in the study; 0: the paper's stage 1); a single run's "
+        help="a remedy of the study: LangBridge's stage 1 also asks each image's coefficients to name its "
+        "caption's words, at this weight, from 0 to 100 (the study's best: 1 with --coefficients softmax and "
+        "--langbridge-pretrain-lr 5e-3; 0: the paper's stage 1); a single run's "
         f"(default: {DemoSettings.caption_word_loss:g})",
     )
     p.add_argument(
@@ -228,8 +229,8 @@ def add_commands(commands) -> None:
         type=owned_by(lambda value: check_weight(value, "coefficient_spread_loss"), float),
         default=None,
         metavar="WEIGHT",
-        help="a remedy tried in the study (README: it did not hold): LangBridge's stage 1 also asks each visual token to mix few shared words, "
-        "at this weight, from 0 to 100 (0: the paper's stage 1); a single run's "
+        help="a remedy tried in the study (README: it did not hold): LangBridge's stage 1 also asks each visual "
+        "token to mix few shared words, at this weight, from 0 to 100 (0: the paper's stage 1); a single run's "
         f"(default: {DemoSettings.coefficient_spread_loss:g})",
     )
     p.add_argument(

@@ -30,7 +30,7 @@ REMEDIES = {
     "softmax, stage-1 lr 5e-2": ("softmax", {"langbridge_pretrain_lr": 5e-2}),
     "none, stage-1 lr 5e-3": ("none", {"langbridge_pretrain_lr": 5e-3}),
     "none, caption-word loss 0.1": ("none", {"caption_word_loss": 0.1}),
-    # Round three (issue 30): the caption-word loss with coefficients on the simplex, and with each visual token
+    # Round three of the study (README): the caption-word loss with coefficients on the simplex, and with each visual token
     # asked to mix few words (training/caption_words.py, coefficient_spread).
     "softmax, caption-word loss 0.1, stage-1 lr 5e-3": (
         "softmax",
