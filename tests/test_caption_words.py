@@ -10,10 +10,8 @@ from test_training import run_recipe, write_config
 from transformers import AutoModelForImageTextToText, TrainerCallback
 
 from langbridge_training import pretrain
-from langbridge_training.caption_words import CaptionWordLoss, coefficient_spread
+from langbridge_training.caption_words import LOSSES, CaptionWordLoss, coefficient_spread
 from langbridge_training.demo.transfer_diagnosis import coefficient_statistics
-
-LOSSES = ("caption_word_loss", "coefficient_spread_loss")
 
 
 def test_the_loss_is_the_caption_words_negative_log_probability_under_the_mean_coefficients(world_model_dir):

@@ -101,6 +101,7 @@ class LangBridgeArguments:
 
     def check(self) -> None:
         """Refuse a setting out of range (SettingError); the recipes call it again before any work."""
+        from .caption_words import LOSSES as COEFFICIENT_LOSSES
         from .caption_words import check_weight
 
         if not isinstance(self.dataset, str) or not self.dataset.strip():
@@ -117,8 +118,8 @@ class LangBridgeArguments:
             raise SettingError("max_samples", self.max_samples, "a whole number of at least 1 (or leave it out)")
         for name in ("projector_lr", "vision_tower_lr"):
             check_learning_rate(getattr(self, name), name)
-        check_weight(self.caption_word_loss)
-        check_weight(self.coefficient_spread_loss, "coefficient_spread_loss")
+        for name in COEFFICIENT_LOSSES:
+            check_weight(getattr(self, name), name)
         for name in ("skip_bad_images", "train_vision_tower", "merge_lora", "overwrite_output_dir"):
             if not isinstance(getattr(self, name), bool):
                 raise SettingError(name, getattr(self, name), "true or false")

@@ -25,6 +25,9 @@ from .packing import sample_labels
 MAX_WEIGHT = 100.0
 
 
+# Stage 1's optional losses on the coefficients, by setting name (recipes, the demo, the trainer's logged metrics).
+LOSSES = ("caption_word_loss", "coefficient_spread_loss")
+
 ACCEPTED = f"0 (off) or a weight above 0 and at most {MAX_WEIGHT:g}, such as 0.1 (the study's remedy)"
 
 

@@ -16,6 +16,7 @@ from modeling_langbridge.assembly.adapter import LangBridgeAdapter
 from modeling_langbridge.errors import LangBridgeUsageError
 
 from .arguments import LangBridgeArguments, packing_of
+from .caption_words import LOSSES as COEFFICIENT_LOSSES
 from .collator import LangBridgeCollator
 from .data import prepare_training_data
 from .models import load_for_stage
@@ -80,7 +81,7 @@ def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args:
 
 def coefficient_losses_for(script_args: LangBridgeArguments, model) -> dict:
     """Stage 1's optional losses on LangBridge's coefficients, by weight; refused for a model without them."""
-    losses = {name: getattr(script_args, name) for name in ("caption_word_loss", "coefficient_spread_loss")}
+    losses = {name: getattr(script_args, name) for name in COEFFICIENT_LOSSES}
     for name, weight in losses.items():
         if weight and model.config.model_type != "langbridge":
             raise LangBridgeUsageError(

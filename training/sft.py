@@ -17,6 +17,7 @@ from modeling_langbridge.errors import LangBridgeUsageError
 from modeling_langbridge.model.modeling_langbridge import hub_kernels_wanted
 
 from .arguments import LangBridgeArguments, packing_of
+from .caption_words import LOSSES as COEFFICIENT_LOSSES
 from .collator import LangBridgeCollator
 from .data import prepare_training_data
 from .models import load_for_stage, lora_config, resolve_model
@@ -27,7 +28,7 @@ from .trainer import LangBridgeTrainer, peft_reads_old_checkpointing_name
 def main(script_args: LangBridgeArguments, training_args: SFTConfig, model_args: ModelConfig, callbacks=None):
     script_args.check()  # every setting, before any work
     packing = packing_of(training_args, model_args)  # padding_free / packing, done here for image-text data
-    for name in ("caption_word_loss", "coefficient_spread_loss"):
+    for name in COEFFICIENT_LOSSES:
         if getattr(script_args, name):
             raise LangBridgeUsageError(
                 f"{name} is a stage-1 setting (langbridge train pretrain); remove it from the SFT recipe."

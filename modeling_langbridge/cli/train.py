@@ -47,6 +47,7 @@ def owned_by(check, what: type):
 
 def demo_command(args) -> int:
     """The demo, the study or the remedies; a flag that the chosen one would ignore is refused, before any work."""
+    from langbridge_training.caption_words import LOSSES as COEFFICIENT_LOSSES
     from langbridge_training.demo.study import check_seeds
 
     several = "--study" if args.study else "--remedies" if args.remedies else None
@@ -107,13 +108,7 @@ def demo_command(args) -> int:
         seed=DemoSettings.seed if args.seed is None else args.seed,
         coefficient_activation=args.coefficient_activation or DemoSettings.coefficient_activation,
         overrides={
-            name: weight
-            for name, weight in (
-                ("caption_word_loss", args.caption_word_loss),
-                ("coefficient_spread_loss", args.coefficient_spread_loss),
-                ("langbridge_pretrain_lr", args.langbridge_pretrain_lr),
-            )
-            if weight
+            name: getattr(args, name) for name in (*COEFFICIENT_LOSSES, "langbridge_pretrain_lr") if getattr(args, name)
         }
         or None,
         use_kernels=args.use_kernels,

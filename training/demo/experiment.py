@@ -25,6 +25,7 @@ import torch
 from modeling_langbridge.model.modeling_langbridge import hub_kernels_wanted
 
 from ..arguments import SettingError, check_learning_rate
+from ..caption_words import LOSSES as COEFFICIENT_LOSSES
 from ..caption_words import check_weight
 from .console import Console
 
@@ -122,8 +123,8 @@ class DemoSettings:
         check_seed(self.seed)
         if self.coefficient_activation not in ("none", "softmax"):
             raise SettingError("coefficient_activation", self.coefficient_activation, "none or softmax")
-        check_weight(self.caption_word_loss)
-        check_weight(self.coefficient_spread_loss, "coefficient_spread_loss")
+        for name in COEFFICIENT_LOSSES:
+            check_weight(getattr(self, name), name)
         check_learning_rate(self.langbridge_pretrain_lr, "langbridge_pretrain_lr")
 
     @classmethod
@@ -181,7 +182,7 @@ COMPOSED = VISION + VOCABULARY + ("projector_hidden",)
 PRETRAIN = WORLD + COMPOSED + ("pretrain_steps", "pretrain_lr", "pretrain_checkpoints", "batch_size")
 SFT = PRETRAIN + ("sft_steps", "sft_lr")
 # Added to a stage's dependencies when it trains or reads a LangBridge connector.
-LANGBRIDGE = ("coefficient_activation", "langbridge_pretrain_lr", "caption_word_loss", "coefficient_spread_loss")
+LANGBRIDGE = ("coefficient_activation", "langbridge_pretrain_lr", *COEFFICIENT_LOSSES)
 
 
 def langbridge_label(s: DemoSettings) -> str:
@@ -530,7 +531,7 @@ def train(
 
 def coefficient_losses(s: DemoSettings) -> dict:
     """The weights of stage 1's optional coefficient losses for the LangBridge runs (LLaVA's runs train without)."""
-    return {"caption_word_loss": s.caption_word_loss, "coefficient_spread_loss": s.coefficient_spread_loss}
+    return {name: getattr(s, name) for name in COEFFICIENT_LOSSES}
 
 
 def run_experiment(stages: Stages, s: DemoSettings, world: dict, composed: dict, llm2: dict) -> dict:

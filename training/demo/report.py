@@ -211,13 +211,14 @@ def default_activation_note(settings: dict) -> str:
 def seed_note(seed: int) -> str:
     """The seed, and its part in the study: its validation split took decisions (the default activation, the remedies
     carried to other seeds), or it only reports. Either way this report's test split decided nothing."""
-    from .study import VALIDATION_SEEDS
+    from .study import VALIDATION_SEEDS, role
 
-    role = "decision" if seed in VALIDATION_SEEDS else "report"
     decided = (
-        "its validation split chose" if role == "decision" else f"seeds {', '.join(map(str, VALIDATION_SEEDS))} chose"
+        "its validation split chose"
+        if role(seed) == "decision"
+        else f"seeds {', '.join(map(str, VALIDATION_SEEDS))} chose"
     )
-    return f"{seed} (a {role} seed of the study: {decided} the demo's defaults; the test split decided nothing)"
+    return f"{seed} (a {role(seed)} seed of the study: {decided} the demo's defaults; the test split decided nothing)"
 
 
 def stage1_changes(settings: dict) -> str:

@@ -45,10 +45,15 @@ REMEDIES = {
 }
 
 
+def role(seed: int) -> str:
+    """Whether a seed decides (its validation split chose the default and the remedies worth carrying) or only
+    reports, so that no figure is read without knowing which."""
+    return "decision" if int(seed) in VALIDATION_SEEDS else "report"
+
+
 def seed_role(seed: int) -> str:
-    """A seed as tables name it: whether it decides (its validation split chose the default and the remedies worth
-    carrying) or only reports, so that no figure is read without knowing which."""
-    return f"{seed} ({'decision' if int(seed) in VALIDATION_SEEDS else 'report'})"
+    """A seed as tables name it, with its role."""
+    return f"{seed} ({role(seed)})"
 
 
 def check_seeds(seeds, setting: str = "seeds") -> tuple[int, ...]:
