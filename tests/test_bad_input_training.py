@@ -308,6 +308,17 @@ def test_a_claim_is_refused_across_processes_and_dies_with_its_process(stage1, t
             "argument --coefficient-spread-loss: -1.0 is not allowed; give 0 (off) or a weight above 0 and at most 100",
         ),
         (["--study", "--remedies"], "--study and --remedies are separate runs; give one of them"),
+        (["--study", "--paper-stage-1"], "--paper-stage-1 is for a single demo run; --study runs it, with both"),
+        (
+            ["--remedies", "--paper-stage-1"],
+            "--paper-stage-1 is for a single demo run; --remedies runs it beside every",
+        ),
+        (
+            ["--paper-stage-1", "--caption-word-loss", "1"],
+            "--paper-stage-1 trains LangBridge's stage 1 with the caption loss alone at stage 1's rate; "
+            "--caption-word-loss changes that stage 1. Give one of them.",
+        ),
+        (["--paper-stage-1", "--langbridge-pretrain-lr", "5e-3"], "--langbridge-pretrain-lr changes that stage 1"),
     ],
 )
 def test_demo_seeds_and_ignored_flags_are_refused_when_parsing(tmp_path, capsys, arguments, expected):

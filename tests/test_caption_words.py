@@ -127,11 +127,13 @@ def test_a_coefficient_loss_is_refused_for_llava_below_zero_and_in_sft(
 
 
 def test_demo_folders_made_before_the_losses_stay_valid_and_runs_with_them_get_their_own_stages():
-    from langbridge_training.demo.experiment import DemoSettings, langbridge_label
+    from dataclasses import replace
 
-    plain = DemoSettings()
+    from langbridge_training.demo.experiment import PAPER_STAGE1, DemoSettings, langbridge_label
+
+    plain = replace(DemoSettings(), **PAPER_STAGE1)  # the demo's default before the remedy
     assert not set(LOSSES) & set(plain.recorded())  # at 0 they are left out: older caches keep their fingerprints
-    spread = DemoSettings(caption_word_loss=0.1, coefficient_spread_loss=1.0)
+    spread = replace(plain, caption_word_loss=0.1, coefficient_spread_loss=1.0)
     assert {"caption_word_loss": 0.1, "coefficient_spread_loss": 1.0}.items() <= spread.recorded().items()
     assert spread.fingerprint("seed") == plain.fingerprint("seed")  # the world, LLMs and LLaVA runs are shared
     assert spread.fingerprint() != plain.fingerprint()

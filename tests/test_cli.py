@@ -73,3 +73,30 @@ def test_compose_flags_state_the_defaults_of_compose_itself():
             "use_kernels",
         )  # "from the tower", ...
         assert str(value) == str(defaults[name]) or name in stated_by_words, name
+
+
+def test_demo_flags_set_the_settings_a_single_run_uses():
+    """Without flags, the study's remedy (DemoSettings' defaults); --paper-stage-1 the paper's stage 1; a weight of
+    0 is a setting, not a flag left out."""
+    from dataclasses import replace
+
+    from langbridge_training.demo.experiment import PAPER_STAGE1, DemoSettings, has_remedy, langbridge_label
+    from modeling_langbridge.cli.train import demo_settings
+
+    def settings(*flags):
+        return replace(DemoSettings(), **demo_settings(build_parser().parse_args(["demo", *flags])))
+
+    default = settings()
+    assert default == DemoSettings() and has_remedy(default) and default.coefficient_activation == "softmax"
+    assert (default.caption_word_loss, default.langbridge_pretrain_lr) == (1.0, 5e-3)
+    paper = settings("--paper-stage-1", "--seed", "4")
+    assert paper == replace(DemoSettings(seed=4), **PAPER_STAGE1) and not has_remedy(paper)
+    assert paper.coefficient_activation == "none"
+    assert settings("--paper-stage-1", "--coefficients", "softmax").coefficient_activation == "softmax"
+    # Round two's remedy from flags alone: stage 1's own rate given is no rate of its own, so the study's stages serve.
+    words = settings("--coefficients", "none", "--caption-word-loss", "0.1", "--langbridge-pretrain-lr", "1e-3")
+    assert langbridge_label(words) == "none-words0.1" and words.langbridge_pretrain_lr is None
+    off = settings("--caption-word-loss", "0")
+    assert (
+        off.caption_word_loss == 0.0 and off.langbridge_pretrain_lr == 5e-3 and off.coefficient_activation == "softmax"
+    )

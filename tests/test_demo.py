@@ -5,6 +5,7 @@ import io
 import json
 import re
 from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,7 +36,7 @@ def test_the_console_tells_the_story_and_the_log_the_details(demo):
     assert len(lines) < 60, printed
     assert lines[0].startswith(f"[demo] writing to {demo}/") and "demo.log" in lines[0]
     stages = [line for line in lines if re.match(r"\[demo\] \S+ +\d+ s$", line)]
-    assert len(stages) == 27, printed  # 26 stages and the report, each with its time
+    assert len(stages) == 34, printed  # 33 stages (7 of them B with the paper's stage 1) and the report
     assert "{'loss'" not in printed and "Warning" not in printed and "Writing model shards" not in printed
     assert lines[-1].startswith("[demo] done in") and "report.md" in lines[-1]
     log = (demo / "demo.log").read_text()
@@ -58,10 +59,22 @@ def test_quick_demo_writes_a_complete_report_and_reuses_its_stages(demo, capsys)
     )
     assert set(results["losses"]["pretrain"]) == {"A", "B", "C"} and len(results["losses"]["sft"]) == 5
     markers = list(out.rglob(".done.json"))
-    assert len(markers) == 26 and not [m for m in markers if str(out) in m.read_text()]  # a moved folder resumes
+    assert len(markers) == 33 and not [m for m in markers if str(out) in m.read_text()]  # a moved folder resumes
+    # The default stage 1 is the study's remedy; B also runs with the paper's, under the stage names of that setting.
+    remedy = "softmax-lr0.005-words1"
+    assert results["langbridge_label"] == remedy and results["runs"]["B"]["path"].endswith(f"sft/B-{remedy}")
+    paper = results["paper_stage1"]
+    assert paper["path"].endswith("sft/B-none") and paper["settings"]["caption_word_loss"] == 0
+    assert list(paper["captions_before_sft"]) == ["B on LLM-1", "B on LLM-2 (transferred)"]
+    assert 0 <= paper["scores"]["test"]["overall"]["vqa_accuracy"] <= 1 and len(paper["losses"]["pretrain"]) > 1
 
     report = (out / "report.md").read_text()
-    assert "The default activation, because on the study's decision seeds" in report  # the demo's default: none
+    assert "LangBridge's stage 1 is the demo's default, the study's remedy, because with the paper's stage 1" in report
+    assert "The row **B (paper's stage 1)** is B as the paper trains it" in report
+    assert (
+        "LangBridge's stage 1 (B, C) also trains with caption-word loss 1, stage-1 lr 0.005, which the paper's"
+        in report
+    )
     for section in (
         "## Test accuracy (%)",
         "## The parts",
@@ -71,22 +84,23 @@ def test_quick_demo_writes_a_complete_report_and_reuses_its_stages(demo, capsys)
         "nothing) (quick settings)",
         "![training curves](curves.png)",
         "![token overlay](overlay.png)",
-        "![alignment](alignment/none/alignment.png)",
+        "![alignment](alignment/softmax-lr0.005-words1/alignment.png)",
         "## Transfer before SFT: stage-1 captions (%)",
         "![nearest words, LLaVA](overlay_llava.png)",
     ):
         assert section in report, section
     section = report.split("## Test accuracy (%)")[1].split("\n## ")[0]
     table = [line for line in section.splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + 5 and "% of A" in table[0] and "| A | " in table[1] and "100%" in table[1]
-    for picture in ("curves.png", "overlay.png", "overlay_llava.png", "alignment/none/alignment.png"):
+    assert len(table) == 1 + 6 and "% of A" in table[0] and "| A | " in table[1] and "100%" in table[1]
+    assert table[2].startswith("| B | LangBridge, pretrained with LLM-1, transferred to LLM-2 (stage 1 with caption-")
+    assert table[3].startswith("| B (paper's stage 1) | LangBridge with the paper's stage 1 (caption loss only, raw-")
+    for picture in ("curves.png", "overlay.png", "overlay_llava.png", f"alignment/{remedy}/alignment.png"):
         with Image.open(out / picture) as image:
             assert image.width > 300 and image.height > 200
-    for name in results["runs"]:
-        assert (
-            out / "scores" / (name if name in ("A", "D-llava") else f"{name}-none") / "test_predictions.jsonl"
-        ).exists()
-    assert (out / "pretrain" / "B-none" / "adapter" / "langbridge_adapter.json").exists()
+    for run in [*results["runs"].values(), paper]:
+        assert (out / "scores" / Path(run["path"]).name / "test_predictions.jsonl").exists()
+    for variant in (remedy, "none"):
+        assert (out / "pretrain" / f"B-{variant}" / "adapter" / "langbridge_adapter.json").exists()
     assert (out / "world" / "train_conversations.json").exists() and (out / "world" / "train_conversations_hf").is_dir()
     assert set(results["alignment"]) == {"A: LLaVA MLP", "C: LangBridge", "plot", "chance"}
     assert 0 < results["alignment"]["chance"] < 1 and "random directions in LLM-2's" in report
@@ -101,30 +115,32 @@ def test_quick_demo_writes_a_complete_report_and_reuses_its_stages(demo, capsys)
         )
     captions = report.split("## Transfer before SFT")[1].split("\n## ")[0]
     assert sum(line.startswith("| B on LLM-") for line in captions.splitlines()) == 2
+    assert sum(line.startswith("| B (paper's stage 1) on LLM-") for line in captions.splitlines()) == 2
 
     # A second run finds every stage done, keeps the times they were measured in, and only rewrites the report.
     times = report.split("Stage times (s, each as measured when the stage ran): ")[1].split(". ")[0]
     assert re.search(
-        rf"Seed 3 \(a report seed [^)]*\) \(quick settings\); LangBridge coefficients: raw logits [^;]*; {results['seconds']:.0f} s on this "
+        rf"Seed 3 \(a report seed [^)]*\) \(quick settings\); LangBridge coefficients: softmax [^;]*; stage 1 of B and C: \+ caption-word loss 1, stage-1 lr 0.005; "
+        rf"{results['seconds']:.0f} s on this "
         "machine",
         report,
     )
     assert main(["demo", "--quick", "--out", str(out), "--seed", "3"]) == 0
     second = capsys.readouterr().out
-    assert second.count(" cached (") == 26 and "s when it ran)" in second
+    assert second.count(" cached (") == 33 and "s when it ran)" in second
     rerun = json.loads((out / "results.json").read_text())
     assert rerun["runs"] == results["runs"] and rerun["stage_seconds"] == results["stage_seconds"]
-    assert rerun["seconds"] == results["seconds"] and len(rerun["cached_stages"]) == 26
+    assert rerun["seconds"] == results["seconds"] and len(rerun["cached_stages"]) == 33
     again = (out / "report.md").read_text()
     assert (
-        times in again and f"; {results['seconds']:.0f} s on this machine" in again and "this rerun reused 26" in again
+        times in again and f"; {results['seconds']:.0f} s on this machine" in again and "this rerun reused 33" in again
     )
 
 
 def test_interpret_reads_the_projectors_own_coefficients(demo, tmp_path, capsys):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    model_dir = demo / "sft" / "B-none"
+    model_dir = demo / "sft" / "B-softmax-lr0.005-words1"
     image_path = sorted((demo / "world" / "images").glob("test_*.png"))[0]
     overlay, readout = tmp_path / "overlay.png", tmp_path / "reading.json"
     assert (
@@ -269,7 +285,7 @@ def test_eval_names_the_folder_it_looked_in_for_a_missing_image(demo, tmp_path, 
     """The demo's questions file without --image-folder: images are looked for beside it, and are not there."""
     questions = tmp_path / "test_questions.jsonl"
     questions.write_text((demo / "world" / "test_questions.jsonl").read_text())
-    assert main(["eval", "--model", str(demo / "sft" / "C-none"), "--data", str(questions)]) == 2
+    assert main(["eval", "--model", str(demo / "sft" / "C-softmax-lr0.005-words1"), "--data", str(questions)]) == 2
     error = capsys.readouterr().err
     assert error.startswith("langbridge eval: error: ") and len(error.splitlines()) == 1
     assert f"not in {tmp_path} (the folder of --data, as no --image-folder was given)" in error
@@ -288,7 +304,11 @@ def test_the_study_caches_each_run_and_summarises_every_seed(demo, tmp_path, cap
     printed = capsys.readouterr().out
     assert "[study] 1/4 seed-3/none" in printed and "[study] 4/4 seed-4/softmax, about" in printed
     seed_3 = printed.split("[study] 1/4 seed-3/none")[1].split("[study] 2/4")[0]
-    assert "holds a run with other settings" not in seed_3 and seed_3.count(" cached (") == 26
+    # The folder holds the demo's default run (the remedy), and it says so; that run's row for the paper's stage 1
+    # serves B of the plain raw-logit run, which trains only its C, its LangBridge control and their alignment.
+    assert "seed-3 holds a run with other settings: its stages are redone where they differ" in seed_3
+    assert seed_3.count(" cached (") == 19
+    assert re.search(r"pretrain/B-none +cached", seed_3) and re.search(r"pretrain/C-none +\d+ s", seed_3)
     loaded = {name for name, _ in kernel_requests}
     assert {"LangBridgeForConditionalGeneration", "LlavaForConditionalGeneration"} <= loaded
     assert {"Qwen2ForCausalLM", "LlamaForCausalLM"} <= loaded  # the LLMs' text training and reading check
@@ -317,8 +337,10 @@ def test_the_study_caches_each_run_and_summarises_every_seed(demo, tmp_path, cap
         }
     # LLaVA's runs do not depend on LangBridge's activation: both activations share them, trained once.
     for activation in ("none", "softmax"):
-        runs = json.loads((study / "seed-4" / activation / "results.json").read_text())["runs"]
+        results = json.loads((study / "seed-4" / activation / "results.json").read_text())
+        runs = results["runs"]
         assert runs["A"]["path"].endswith("sft/A") and runs["B"]["path"].endswith(f"sft/B-{activation}")
+        assert results["paper_stage1"] is None  # the study's plain runs are the paper's stage 1 themselves
     text = (study / "summary.md").read_text()
     assert text.count("Why B transfers or not") == 2
     assert text.count("## Coefficients: ") == 2 and text.count("\n| 3 (report) | ") == 8
@@ -356,7 +378,9 @@ def test_the_study_caches_each_run_and_summarises_every_seed(demo, tmp_path, cap
     assert "stage 1 of B and C: + caption-word loss 0.1" in words
     assert "LangBridge's stage 1 (B, C) also trains with caption-word loss 0.1" in words
     assert words.count("(stage 1 with caption-word loss 0.1) |") == 4  # B and C, in the test and validation tables
+    assert words.count("\n| B (paper's stage 1) | ") == 2  # beside it, B as the paper trains it, in both tables
     spread = (study / "seed-4" / "none-words0.1-spread1" / "report.md").read_text()
     assert spread.count("(stage 1 with caption-word loss 0.1, coefficient-spread loss 1) |") == 4
     plain = (study / "seed-4" / "none" / "report.md").read_text()
     assert "Differs from the paper's recipe: coefficients are raw logits" in plain and "(stage 1 with" not in plain
+    assert "B (paper's stage 1)" not in plain and "is the demo's default" not in plain

@@ -47,7 +47,6 @@ def owned_by(check, what: type):
 
 def demo_command(args) -> int:
     """The demo, the study or the remedies; a flag that the chosen one would ignore is refused, before any work."""
-    from langbridge_training.caption_words import LOSSES as COEFFICIENT_LOSSES
     from langbridge_training.demo.study import check_seeds
 
     several = "--study" if args.study else "--remedies" if args.remedies else None
@@ -61,6 +60,7 @@ def demo_command(args) -> int:
         "--caption-word-loss": several and args.caption_word_loss is not None,
         "--coefficient-spread-loss": several and args.coefficient_spread_loss is not None,
         "--langbridge-pretrain-lr": several and args.langbridge_pretrain_lr is not None,
+        "--paper-stage-1": several and args.paper_stage_1,
     }
     for flag, refused in ignored.items():
         if refused:
@@ -70,11 +70,25 @@ def demo_command(args) -> int:
                     "--caption-word-loss": "runs it beside the other remedies",
                     "--coefficient-spread-loss": "runs it, with the caption-word loss, among the remedies",
                     "--langbridge-pretrain-lr": "runs its own rates among the remedies",
+                    "--paper-stage-1": "runs it beside every remedy",
                 }.get(flag, runs)
+            elif flag == "--paper-stage-1":
+                runs = "runs it, with both activations"
             raise LangBridgeUsageError(
                 f"{flag} is for a single demo run; {several} {runs}"
                 + (" (give its seeds with --seeds)." if flag == "--seed" else "; leave it out.")
             )
+    if args.paper_stage_1:
+        for flag, name in (
+            ("--caption-word-loss", "caption_word_loss"),
+            ("--coefficient-spread-loss", "coefficient_spread_loss"),
+            ("--langbridge-pretrain-lr", "langbridge_pretrain_lr"),
+        ):
+            if getattr(args, name) is not None:
+                raise LangBridgeUsageError(
+                    f"--paper-stage-1 trains LangBridge's stage 1 with the caption loss alone at stage 1's rate; "
+                    f"{flag} changes that stage 1. Give one of them."
+                )
     if args.seeds is not None and not several:
         raise LangBridgeUsageError("--seeds is for --study or --remedies; a single demo run takes one seed: --seed N.")
     if args.seeds is not None:
@@ -99,21 +113,33 @@ def demo_command(args) -> int:
             use_kernels=args.use_kernels,
         )
         return 0
-    from langbridge_training.demo.experiment import DemoSettings
     from langbridge_training.demo.experiment import main as run_demo
 
+    settings = demo_settings(args)
     run_demo(
         args.out or Path("langbridge-demo"),
         quick=args.quick,
-        seed=DemoSettings.seed if args.seed is None else args.seed,
-        coefficient_activation=args.coefficient_activation or DemoSettings.coefficient_activation,
-        overrides={
-            name: getattr(args, name) for name in (*COEFFICIENT_LOSSES, "langbridge_pretrain_lr") if getattr(args, name)
-        }
-        or None,
+        seed=settings["seed"],
+        overrides={name: value for name, value in settings.items() if name != "seed"},
         use_kernels=args.use_kernels,
     )
     return 0
+
+
+def demo_settings(args) -> dict:
+    """The DemoSettings fields a single demo run's flags set: the seed, then --paper-stage-1's, then each flag given
+    (DemoSettings' defaults, the study's remedy, for the rest)."""
+    from langbridge_training.caption_words import LOSSES as COEFFICIENT_LOSSES
+    from langbridge_training.demo.experiment import PAPER_STAGE1, DemoSettings
+
+    given = {
+        name: getattr(args, name) for name in ("coefficient_activation", "langbridge_pretrain_lr", *COEFFICIENT_LOSSES)
+    }
+    return (
+        {"seed": DemoSettings.seed if args.seed is None else args.seed}
+        | (PAPER_STAGE1 if args.paper_stage_1 else {})
+        | {name: value for name, value in given.items() if value is not None}
+    )
 
 
 def quickstart_command(args) -> int:
@@ -181,11 +207,12 @@ def add_commands(commands) -> None:
     p = commands.add_parser(
         "demo",
         help="the paper's transfer experiment in miniature, on one CPU",
-        description="The paper's transfer experiment in miniature, on one CPU (about 6-8 minutes on "
-        "2 cores). Writes report.md (open it first), results.json, plots and overlays to "
-        "--out, and the training details to --out/demo.log; finished stages are cached "
-        "there and reused by a rerun. --study runs several seeds and both coefficient "
-        "activations and summarises them.",
+        description="The paper's transfer experiment in miniature, on one CPU (about 8-10 minutes on "
+        "2 cores). LangBridge's stage 1 is the study's remedy (softmax coefficients, a caption-word loss of 1, "
+        "stage-1 rate 5e-3); B is also run with the paper's stage 1, a row of the report. Writes report.md (open it "
+        "first), results.json, plots and overlays to --out, and the training details to --out/demo.log; finished "
+        "stages are cached there and reused by a rerun. --study runs several seeds and both coefficient "
+        "activations with the paper's stage 1 and summarises them.",
     )
     p.add_argument(
         "--out",
@@ -214,10 +241,9 @@ def add_commands(commands) -> None:
         type=owned_by(check_weight, float),
         default=None,
         metavar="WEIGHT",
-        help="a remedy of the study: LangBridge's stage 1 also asks each image's coefficients to name its "
-        "caption's words, at this weight, from 0 to 100 (the study's best: 1 with --coefficients softmax and "
-        "--langbridge-pretrain-lr 5e-3; 0: the paper's stage 1); a single run's "
-        f"(default: {DemoSettings.caption_word_loss:g})",
+        help="the study's remedy: LangBridge's stage 1 also asks each image's coefficients to name its "
+        "caption's words, at this weight, from 0 to 100 (0: off, as the paper's stage 1); a single run's "
+        f"(default: {DemoSettings.caption_word_loss:g}, the study's choice)",
     )
     p.add_argument(
         "--coefficient-spread-loss",
@@ -233,8 +259,16 @@ def add_commands(commands) -> None:
         type=owned_by(lambda value: check_learning_rate(value, "langbridge_pretrain_lr"), float),
         default=None,
         metavar="RATE",
-        help="stage 1's learning rate for the LangBridge runs (B, C), as the study's softmax remedies set it (5e-3); "
-        f"a single run's (default: stage 1's rate, {DemoSettings.pretrain_lr:g})",
+        help="stage 1's learning rate for the LangBridge runs (B, C); a single run's (default: "
+        f"{DemoSettings.langbridge_pretrain_lr:g}, the study's choice for softmax coefficients; LLaVA's runs and "
+        f"--paper-stage-1 use stage 1's rate, {DemoSettings.pretrain_lr:g})",
+    )
+    p.add_argument(
+        "--paper-stage-1",
+        action="store_true",
+        help="train LangBridge's stage 1 (B, C) as the paper does: the caption loss alone at stage 1's rate, with "
+        "raw-logit coefficients unless --coefficients says otherwise (the demo's default before the study's "
+        "remedy; a single run's)",
     )
     p.add_argument(
         "--study",

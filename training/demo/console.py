@@ -83,7 +83,7 @@ class Console:
         self.log.write(f"\n--- {title} ---\n")
         swapped = {}
         for handler in _stream_handlers():
-            swapped[handler] = handler.setStream(self.log)
+            swapped[handler] = _set_stream(handler, self.log)
         self._bar = tqdm(
             total=total,
             desc=f"[demo] {title}",
@@ -101,7 +101,17 @@ class Console:
             self._bar = None
             for handler in _stream_handlers():  # also those created meanwhile, bound to the redirected stderr
                 if handler.stream is self.log:
-                    handler.setStream(swapped.get(handler) or self.err)
+                    _set_stream(handler, swapped.get(handler) or self.err)
 
     def close(self) -> None:
         self.log.close()
+
+
+def _set_stream(handler: logging.StreamHandler, stream):
+    """`handler.setStream`, also for a handler whose stream was closed under it (one bound to a stderr that is gone,
+    such as a test's captured one), which setStream would fail to flush; returns the stream it had."""
+    try:
+        return handler.setStream(stream)
+    except ValueError:
+        old, handler.stream = handler.stream, stream
+        return old

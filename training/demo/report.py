@@ -11,25 +11,33 @@ from .world import QUESTION_KINDS
 ORDER = ["A", "B", "C", "D-llava", "D-langbridge"]
 
 
+def rows(results: dict) -> list[tuple[str, dict]]:
+    """The runs as the report lists them: B with the paper's stage 1, when the run has it, right after B."""
+    from .experiment import PAPER_ROW
+
+    listed = [(name, results["runs"][name]) for name in ORDER]
+    paper = results.get("paper_stage1")
+    return listed[:2] + [(PAPER_ROW, paper)] + listed[2:] if paper else listed
+
+
 def percent(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
 def score_table(results: dict, split: str) -> str:
     """Rows: the runs. Columns: accuracy per question kind, overall, and overall as % of the baseline (A)."""
-    runs = results["runs"]
-    baseline = runs["A"]["scores"][split]["overall"]["vqa_accuracy"]
+    baseline = results["runs"]["A"]["scores"][split]["overall"]["vqa_accuracy"]
     header = ["run", "connector, stage 1", *QUESTION_KINDS, "overall", "% of A"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name in ORDER:
-        scores = runs[name]["scores"][split]
+    for name, run in rows(results):
+        scores = run["scores"][split]
         kinds = [
             percent(scores["by_kind"][k]["vqa_accuracy"]) if k in scores["by_kind"] else "-" for k in QUESTION_KINDS
         ]
         overall = scores["overall"]["vqa_accuracy"]
         relative = f"{100 * overall / baseline:.0f}%" if baseline else "-"
         lines.append(
-            f"| {name} | {run_label(name, runs[name]['description'], results['settings'])} | "
+            f"| {name} | {run_label(name, run['description'], results['settings'])} | "
             + " | ".join(kinds)
             + f" | **{percent(overall)}** | {relative} |"
         )
@@ -44,16 +52,25 @@ def plot_curves(results: dict, path: Path) -> Path:
     from matplotlib.ticker import MaxNLocator
 
     figure, (stage1, stage2) = plt.subplots(1, 2, figsize=(11, 4))
+    paper = results.get("paper_stage1")
     for name, losses in results["losses"]["pretrain"].items():
         label = {"A": "A: LLaVA on LLM-2", "B": "B: LangBridge on LLM-1", "C": "C: LangBridge on LLM-2"}[name]
         stage1.plot(*zip(*losses), label=label, marker=".")
-    stage1.set(title="Stage 1: caption loss (projector only)", xlabel="step", ylabel="loss")
-    for name in ORDER:
+    if paper:
+        stage1.plot(*zip(*paper["losses"]["pretrain"]), label="B, paper's stage 1", marker=".", linestyle=":")
+    # The Trainer logs the loss it trains on: with a remedy, B's and C's add its weighted terms to the caption loss.
+    terms = stage1_losses(results["settings"])
+    title = f"Stage 1 loss (B, C: caption + {' + '.join(terms)})" if terms else "Stage 1: caption loss (projector only)"
+    stage1.set(title=title, xlabel="step", ylabel="loss")
+    sft = [(name, results["losses"]["sft"][name]) for name in ORDER]
+    if paper:
+        sft.insert(2, ("B, paper's stage 1", paper["losses"]["sft"]))
+    for name, losses in sft:
         stage2.plot(
-            *zip(*results["losses"]["sft"][name]),
+            *zip(*losses),
             label=name,
             marker=".",
-            linestyle="--" if name.startswith("D") else "-",
+            linestyle="--" if name.startswith("D") else ":" if "paper" in name else "-",
         )
     stage2.set(title="Stage 2: SFT loss on LLM-2", xlabel="step", ylabel="loss")
     for axes in (stage1, stage2):
@@ -198,18 +215,25 @@ def alignment_note(alignment: dict, width: int, activation: str) -> str:
     )
 
 
-def default_activation_note(settings: dict) -> str:
-    """Why the demo's default activation is the default, when the run used it (and no stage-1 remedy)."""
-    from .experiment import DEFAULT_ACTIVATION_REASON, DemoSettings
+def default_stage1_note(settings: dict, paper: dict | None) -> str:
+    """Why LangBridge's stage 1 is the demo's default, when the run used it, and what the paper's row beside it is."""
+    from .experiment import DEFAULT_STAGE1_REASON, LANGBRIDGE, PAPER_ROW, DemoSettings
 
-    remedy = stage1_changes(settings)
-    if settings["coefficient_activation"] != DemoSettings.coefficient_activation or remedy:
-        return ""
-    return f"\nThe default activation, because {DEFAULT_ACTIVATION_REASON}.\n"
+    default = DemoSettings().recorded()
+    note = ""
+    if all(settings.get(name, 0.0) == default.get(name, 0.0) for name in LANGBRIDGE):
+        note += f"\nLangBridge's stage 1 is the demo's default, the study's remedy, because {DEFAULT_STAGE1_REASON}.\n"
+    if paper:
+        note += (
+            f"\nThe row **{PAPER_ROW}** is B as the paper trains it, kept beside the remedy for comparison: stage 1 "
+            "with the caption loss alone at stage 1's own rate, with raw-logit coefficients (the study's best "
+            "activation for it, the demo's default before the remedy; `--paper-stage-1` runs it as B).\n"
+        )
+    return note + "\n" if note else ""
 
 
 def seed_note(seed: int) -> str:
-    """The seed, and its part in the study: its validation split took decisions (the default activation, the remedies
+    """The seed, and its part in the study: its validation split took decisions (the default stage 1, the remedies
     carried to other seeds), or it only reports. Either way this report's test split decided nothing."""
     from .study import VALIDATION_SEEDS, role
 
@@ -221,17 +245,17 @@ def seed_note(seed: int) -> str:
     return f"{seed} (a {role(seed)} seed of the study: {decided} the demo's defaults; the test split decided nothing)"
 
 
+def stage1_losses(settings: dict) -> list[str]:
+    """The coefficient losses LangBridge's stage 1 (B and C) trains with beside the caption loss, with weights."""
+    names = {"caption_word_loss": "caption-word loss", "coefficient_spread_loss": "coefficient-spread loss"}
+    return [f"{words} {settings[name]:g}" for name, words in names.items() if settings.get(name)]
+
+
 def stage1_changes(settings: dict) -> str:
     """What LangBridge's stage 1 (runs B and C) adds to the paper's ('' when it is the paper's): a remedy's weight
     or rate, said wherever a figure of those runs is."""
-    changes = []
-    if settings.get("caption_word_loss"):
-        changes.append(f"caption-word loss {settings['caption_word_loss']:g}")
-    if settings.get("coefficient_spread_loss"):
-        changes.append(f"coefficient-spread loss {settings['coefficient_spread_loss']:g}")
-    if settings.get("langbridge_pretrain_lr") is not None:
-        changes.append(f"stage-1 lr {settings['langbridge_pretrain_lr']:g}")
-    return ", ".join(changes)
+    rate = settings.get("langbridge_pretrain_lr")
+    return ", ".join(stage1_losses(settings) + ([f"stage-1 lr {rate:g}"] if rate is not None else []))
 
 
 def run_label(name: str, description: str, settings: dict) -> str:
@@ -248,7 +272,10 @@ def differences_from_paper(settings: dict) -> str:
         differences.append("coefficients are raw logits (the official code's), not the paper's softmax")
     changes = stage1_changes(settings)
     if changes:
-        differences.append(f"LangBridge's stage 1 (B, C) also trains with {changes}, which the paper's does not")
+        differences.append(
+            f"LangBridge's stage 1 (B, C) also trains with {changes}, which the paper's does not (the row "
+            "B (paper's stage 1) trains without, with raw-logit coefficients)"
+        )
     differences.append("toy scale: synthetic world, tiny LLMs and encoder (The parts, below)")
     return "Differs from the paper's recipe: " + "; ".join(differences) + "."
 
@@ -260,11 +287,27 @@ def coefficient_words(activation: str) -> str:
     }[activation]
 
 
-def captions_table(before_sft: dict, split: str) -> str:
+def caption_rows(results: dict) -> dict:
+    """Each stage-1 model's captions before SFT, B with the paper's stage 1 (when the run has it) after B's."""
+    from .experiment import PAPER_ROW
+
+    listed = dict(results["captions_before_sft"])
+    paper = results.get("paper_stage1")
+    if not paper:
+        return listed
+    labels = list(listed)
+    after = labels.index("B on LLM-2 (transferred)") + 1
+    moved = {label.replace("B ", f"{PAPER_ROW} ", 1): splits for label, splits in paper["captions_before_sft"].items()}
+    return (
+        {label: listed[label] for label in labels[:after]} | moved | {label: listed[label] for label in labels[after:]}
+    )
+
+
+def captions_table(results: dict, split: str) -> str:
     """Stage-1 captions per attribute, one row per model (the transfer measure before any SFT)."""
     header = ["stage-1 model", "all four right", *ATTRIBUTES]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for label, splits in before_sft.items():
+    for label, splits in caption_rows(results).items():
         accuracy = splits[split]
         lines.append(
             f"| {label} | **{percent(accuracy['exact'])}** | "
@@ -272,6 +315,26 @@ def captions_table(before_sft: dict, split: str) -> str:
             + " |"
         )
     return "\n".join(lines)
+
+
+def paper_bullet(results: dict) -> str:
+    """The report's line for the row B (paper's stage 1), when the run has it."""
+    from .experiment import PAPER_ROW
+
+    if not results.get("paper_stage1"):
+        return ""
+    return (
+        f"- **{PAPER_ROW}**: B as the paper trains it (caption loss only, stage 1's rate, raw-logit coefficients), "
+        "moved and SFT'd the same way.\n"
+    )
+
+
+def paper_sentence(results: dict) -> str:
+    paper = results.get("paper_stage1")
+    if not paper:
+        return ""
+    accuracy = paper["scores"]["test"]["overall"]["vqa_accuracy"]
+    return f"; with the paper's stage 1, B scored {100 * accuracy:.1f}"
 
 
 def write_report(out: Path, results: dict, experiment: dict, world: dict, use_kernels: bool | None = None) -> Path:
@@ -305,7 +368,7 @@ def write_report(out: Path, results: dict, experiment: dict, world: dict, use_ke
 
 Seed {seed_note(results["seed"])}{" (quick settings)" if results["quick"] else ""}; LangBridge coefficients: {coefficient_words(s["coefficient_activation"])}{"; stage 1 of B and C: + " + stage1_changes(s) if stage1_changes(s) else ""}; {timing(results)}.
 {differences_from_paper(s)}
-{default_activation_note(s)}Scores are accuracies on {questions} held-out test questions ({s["test_scenes"]} unseen scenes, six kinds), by greedy
+{default_stage1_note(s, results.get("paper_stage1"))}Scores are accuracies on {questions} held-out test questions ({s["test_scenes"]} unseen scenes, six kinds), by greedy
 generation, answers normalised as in VQA (one reference answer each, so VQA accuracy equals exact match).
 Every run used the same SFT data ({s["train_scenes"]} scenes, 3 questions each), steps ({s["sft_steps"]}),
 batch ({s["batch_size"]}) and learning rate ({s["sft_lr"]}) on LLM-2. Nothing was tuned on the test split.
@@ -317,12 +380,12 @@ batch ({s["batch_size"]}) and learning rate ({s["sft_lr"]}) on LLM-2. Nothing wa
 What the rows are:
 - **A**: transformers' `LlavaForConditionalGeneration` (MLP connector), stage 1 on LLM-2, then SFT.
 - **B**: LangBridge, stage 1 with LLM-1, moved to LLM-2 by `langbridge transfer` (no stage 1 on LLM-2), then SFT.
-- **C**: LangBridge, stage 1 on LLM-2, then SFT.
+{paper_bullet(results)}- **C**: LangBridge, stage 1 on LLM-2, then SFT.
 - **D**: each connector with no stage 1, SFT only.
 
 Stage 1 added {100 * stage1_gain["LLaVA"]:+.1f} points for LLaVA (A vs D-llava) and {100 * stage1_gain["LangBridge"]:+.1f}
 for LangBridge (C vs D-langbridge). The transferred adapter (B) scored {100 * overall["B"]:.1f}, against
-{100 * overall["C"]:.1f} for LangBridge pretrained on LLM-2 itself and {100 * overall["D-langbridge"]:.1f} without any stage 1.
+{100 * overall["C"]:.1f} for LangBridge pretrained on LLM-2 itself and {100 * overall["D-langbridge"]:.1f} without any stage 1{paper_sentence(results)}.
 
 ## Transfer before SFT: stage-1 captions (%)
 
@@ -332,7 +395,7 @@ it was trained, and on LLM-2 right after `transfer`, with no training on LLM-2 a
 claim in its purest form. C (LangBridge trained on LLM-2) and A (LLaVA's connector on LLM-2) are what stage 1 on
 LLM-2 itself reaches.
 
-{captions_table(results["captions_before_sft"], "test")}
+{captions_table(results, "test")}
 
 ## The parts
 

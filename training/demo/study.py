@@ -1,4 +1,4 @@
-"""`langbridge demo --study`: the demo over several seeds and both coefficient activations, summarised.
+"""`langbridge demo --study`: the demo with the paper's stage 1 over several seeds and both activations, summarised.
 
 Each seed is one demo output folder (`seed-N/`), whose stages both activations share where they can (the world,
 the encoder, the LLMs, LLaVA's runs); each activation's results and report go to `seed-N/<activation>/`. A finished
@@ -8,7 +8,6 @@ mean, minimum and spread per run, a plot with one point per seed, and the table 
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 
 from .console import Console
@@ -17,10 +16,11 @@ from .world import QUESTION_KINDS
 
 ACTIVATIONS = ("none", "softmax")
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
-# Anything the study decides (the default activation, which remedy is worth running on every seed) is decided on these
-# seeds' validation split; the other seeds and the test split only report.
+# Anything the study decides (the activation, which remedy is worth running on every seed and becomes the demo's
+# default) is decided on these seeds' validation split; the other seeds and the test split only report.
 VALIDATION_SEEDS = (0, 1, 2)
-# Candidate remedies for a failed transfer: a name, the activation, and the DemoSettings fields they change. Softmax
+# Candidate remedies for a failed transfer: a name, the activation, and the DemoSettings fields they change from the
+# paper's stage 1 (experiment.NO_REMEDY; the study's plain variants run it with each activation). Softmax
 # coefficients learn slowly at the demo's stage-1 rate (its B captions little even on LLM-1), so the candidates give
 # the LangBridge stage 1 a larger rate; the caption-word loss asks the coefficients to name the captions' words
 # (training/caption_words.py), as the diagnosis found they do not.
@@ -82,9 +82,19 @@ def check_seeds(seeds, setting: str = "seeds") -> tuple[int, ...]:
 def label(activation: str, overrides: dict | None = None) -> str:
     """The report folder of a variant inside its seed folder: its activation, and a stage-1 remedy's rate and
     weights."""
-    from .experiment import DemoSettings, langbridge_label
+    from .experiment import langbridge_label
 
-    return langbridge_label(replace(DemoSettings(coefficient_activation=activation), **(overrides or {})))
+    return langbridge_label(variant_settings(0, activation, overrides))
+
+
+def variant_settings(seed: int, activation: str, overrides: dict | None = None, quick: bool = False):
+    """A variant's DemoSettings: the paper's stage 1 with this activation, changed by the variant's `overrides`
+    (whatever the demo's own default stage 1 is)."""
+    from .experiment import NO_REMEDY, DemoSettings
+
+    return (DemoSettings.quick if quick else DemoSettings)(
+        seed=seed, coefficient_activation=activation, **(NO_REMEDY | (overrides or {}))
+    )
 
 
 def seed_folder(out: Path, seed: int, overrides: dict | None = None) -> Path:
@@ -116,16 +126,14 @@ def run_variants(
     """Run (or reuse) the demo for each (seed, activation, overrides) in `plan`; their results, keyed by
     `variant_dir` relative to `out`. A finished one is reused, so the study can be stopped and resumed; progress
     and the time left are shown."""
-    from .experiment import DemoSettings
+    from .experiment import NO_REMEDY
     from .experiment import main as run_demo
 
     spent, ran, results = 0.0, 0, {}
     for number, (seed, activation, overrides) in enumerate(plan, start=1):
         report_dir = variant_dir(out, seed, activation, overrides)
         name = str(report_dir.relative_to(out))
-        settings = replace(
-            (DemoSettings.quick if quick else DemoSettings)(seed=seed, coefficient_activation=activation), **overrides
-        )
+        settings = variant_settings(seed, activation, overrides, quick)
         if not finished(report_dir, settings):
             left = len(plan) - number + 1
             estimate = f", about {spent / ran * left / 60:.0f} min left" if ran else ""
@@ -137,7 +145,7 @@ def run_variants(
                 seed=seed,
                 coefficient_activation=activation,
                 report_dir=report_dir,
-                overrides=overrides,
+                overrides=NO_REMEDY | overrides,
                 use_kernels=use_kernels,
             )
             spent, ran = spent + time.time() - start, ran + 1
@@ -154,7 +162,8 @@ def run_study(
     quick: bool = False,
     use_kernels: bool | None = None,
 ) -> Path:
-    """Run (or reuse) the demo for every seed and activation, then write summary.md, summary.json and study.png.
+    """Run (or reuse) the demo for every seed and activation with the paper's stage 1, then write summary.md,
+    summary.json and study.png.
     `use_kernels`: transformers' Hub kernels for every model loaded (default: only when the Hub may be reached)."""
     seeds = check_seeds(seeds)
     out = Path(out)
@@ -526,9 +535,10 @@ def summary_markdown(summary: dict) -> str:
     parts = [
         f"# LangBridge demo study: {len(seeds)} seeds ({', '.join(map(str, seeds))}), "
         f"{' and '.join(summary['activations'])} coefficients\n",
-        "Every seed's figures, test split unless said. Each (seed, activation) has its own report in "
-        "`seed-N/<activation>/report.md`.\n",
-        f"Decisions (the default activation, which remedies to try: `langbridge demo --remedies`, remedies.md) were "
+        "Every seed's figures, test split unless said, with the paper's stage 1 (the demo's default is the remedy "
+        "these seeds' study chose: `langbridge demo --remedies`, remedies.md). Each (seed, activation) has its own "
+        "report in `seed-N/<activation>/report.md`.\n",
+        f"Decisions (the activation, which remedies to try and which to make the demo's default) were "
         f"made on seeds {', '.join(map(str, VALIDATION_SEEDS))} and their validation split only; the other seeds and "
         "the test split report.\n",
         "![study](study.png)\n",
