@@ -101,6 +101,14 @@ def test_quick_demo_writes_a_complete_report_and_reuses_its_stages(demo, capsys)
         assert (out / "scores" / Path(run["path"]).name / "test_predictions.jsonl").exists()
     for variant in (remedy, "none"):
         assert (out / "pretrain" / f"B-{variant}" / "adapter" / "langbridge_adapter.json").exists()
+    # The curves compare stage 1 on the caption loss alone: a remedy's run logs the sum it trains on, less its terms.
+    from langbridge_training.demo.report import caption_losses
+
+    logged = json.loads((out / "pretrain" / f"B-{remedy}" / "trainer_state.json").read_text())["log_history"]
+    terms = {e["step"]: (e["loss"], e["caption_word_loss"]) for e in logged if "loss" in e}
+    read = caption_losses(out / "pretrain" / f"B-{remedy}", results["settings"])
+    assert [step for step, _ in read] == list(terms) == [step for step, _ in results["losses"]["pretrain"]["B"]]
+    assert all(0 < caption == pytest.approx(terms[step][0] - terms[step][1]) for step, caption in read)
     assert (out / "world" / "train_conversations.json").exists() and (out / "world" / "train_conversations_hf").is_dir()
     assert set(results["alignment"]) == {"A: LLaVA MLP", "C: LangBridge", "plot", "chance"}
     assert 0 < results["alignment"]["chance"] < 1 and "random directions in LLM-2's" in report

@@ -44,34 +44,51 @@ def score_table(results: dict, split: str) -> str:
     return "\n".join(lines)
 
 
-def plot_curves(results: dict, path: Path) -> Path:
+def caption_losses(stage1_dir: str, settings: dict) -> list[tuple[int, float]]:
+    """The caption loss alone along a stage-1 run, from its Trainer log (`trainer_state.json`): the loss it trained
+    on less each coefficient loss times its weight (logged over the same steps), so that runs with and without a
+    remedy compare on one measure."""
+    from ..caption_words import LOSSES
+
+    log = json.loads((Path(stage1_dir) / "trainer_state.json").read_text())["log_history"]
+    return [
+        (entry["step"], entry["loss"] - sum(settings.get(name, 0.0) * entry.get(name, 0.0) for name in LOSSES))
+        for entry in log
+        if "loss" in entry
+    ]
+
+
+def plot_curves(results: dict, path: Path, stage1_dirs: dict | None = None) -> Path:
+    """Stage 1's caption loss per run (read from each run's folder in `stage1_dirs` when a remedy adds losses to B's
+    and C's) and stage 2's SFT loss."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
+    from .experiment import PAPER_ROW
+
     figure, (stage1, stage2) = plt.subplots(1, 2, figsize=(11, 4))
+    colours = {name: f"C{n}" for n, name in enumerate([*ORDER, PAPER_ROW])}  # a run's colour, the same in both
+    styles = {PAPER_ROW: ":", "D-llava": "--", "D-langbridge": "--"}
+    remedy = stage1_losses(results["settings"])
+    stage1_runs = {
+        "A": ("A: LLaVA on LLM-2", results["losses"]["pretrain"]["A"]),
+        # the Trainer logs the sum a remedy trains on: B's and C's caption loss is then read apart
+        "B": ("B: LangBridge on LLM-1", caption_losses(stage1_dirs["B"], results["settings"]) if remedy else None),
+        "C": ("C: LangBridge on LLM-2", caption_losses(stage1_dirs["C"], results["settings"]) if remedy else None),
+    }
     paper = results.get("paper_stage1")
-    for name, losses in results["losses"]["pretrain"].items():
-        label = {"A": "A: LLaVA on LLM-2", "B": "B: LangBridge on LLM-1", "C": "C: LangBridge on LLM-2"}[name]
-        stage1.plot(*zip(*losses), label=label, marker=".")
     if paper:
-        stage1.plot(*zip(*paper["losses"]["pretrain"]), label="B, paper's stage 1", marker=".", linestyle=":")
-    # The Trainer logs the loss it trains on: with a remedy, B's and C's add its weighted terms to the caption loss.
-    terms = stage1_losses(results["settings"])
-    title = f"Stage 1 loss (B, C: caption + {' + '.join(terms)})" if terms else "Stage 1: caption loss (projector only)"
-    stage1.set(title=title, xlabel="step", ylabel="loss")
-    sft = [(name, results["losses"]["sft"][name]) for name in ORDER]
-    if paper:
-        sft.insert(2, ("B, paper's stage 1", paper["losses"]["sft"]))
-    for name, losses in sft:
-        stage2.plot(
-            *zip(*losses),
-            label=name,
-            marker=".",
-            linestyle="--" if name.startswith("D") else ":" if "paper" in name else "-",
-        )
+        stage1_runs[PAPER_ROW] = (f"{PAPER_ROW}: on LLM-1", paper["losses"]["pretrain"])
+    for name, (label, losses) in stage1_runs.items():
+        losses = losses or results["losses"]["pretrain"][name]
+        stage1.plot(*zip(*losses), label=label, marker=".", color=colours[name], linestyle=styles.get(name, "-"))
+    stage1.set(title="Stage 1: caption loss (projector only)", xlabel="step", ylabel="loss")
+    for name, _ in rows(results):
+        losses = paper["losses"]["sft"] if name == PAPER_ROW else results["losses"]["sft"][name]
+        stage2.plot(*zip(*losses), label=name, marker=".", color=colours[name], linestyle=styles.get(name, "-"))
     stage2.set(title="Stage 2: SFT loss on LLM-2", xlabel="step", ylabel="loss")
     for axes in (stage1, stage2):
         axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
@@ -338,7 +355,7 @@ def paper_sentence(results: dict) -> str:
 
 
 def write_report(out: Path, results: dict, experiment: dict, world: dict, use_kernels: bool | None = None) -> Path:
-    plot_curves(results, out / "curves.png")
+    plot_curves(results, out / "curves.png", {run: model["path"] for run, model in experiment["pretrained"].items()})
     test = world["test"]
     plot_overlays(
         experiment["finetuned"]["B"]["path"],
