@@ -207,7 +207,7 @@ def add_commands(commands) -> None:
     p = commands.add_parser(
         "demo",
         help="the paper's transfer experiment in miniature, on one CPU",
-        description="The paper's transfer experiment in miniature, on one CPU (about 8-10 minutes on "
+        description="The paper's transfer experiment in miniature, on one CPU (about 9 minutes on "
         "2 cores). LangBridge's stage 1 is the study's remedy (softmax coefficients, a caption-word loss of 1, "
         "stage-1 rate 5e-3); B is also run with the paper's stage 1, a row of the report. Writes report.md (open it "
         "first), results.json, plots and overlays to --out, and the training details to --out/demo.log; finished "

@@ -10,8 +10,9 @@ held-out questions by generation:
     D  each connector SFT'd from scratch, no stage 1
 
 LangBridge's stage 1 (B, C) is the study's remedy by default (DEFAULT_STAGE1_REASON); B then also runs with the
-paper's stage 1 (PAPER_STAGE1), a row of the report beside it. Every step runs through the project's own code (compose, the pretrain and SFT recipes, transfer, eval).
-Finished stages are cached in the output folder and reused by a second run with the same settings.
+paper's stage 1 (PAPER_STAGE1), a row of the report beside it. Every step runs through the project's own code
+(compose, the pretrain and SFT recipes, transfer, eval). Finished stages are cached in the output folder and reused
+by a second run with the same settings.
 """
 
 import hashlib

@@ -535,9 +535,9 @@ def summary_markdown(summary: dict) -> str:
     parts = [
         f"# LangBridge demo study: {len(seeds)} seeds ({', '.join(map(str, seeds))}), "
         f"{' and '.join(summary['activations'])} coefficients\n",
-        "Every seed's figures, test split unless said, with the paper's stage 1 (the demo's default is the remedy "
-        "these seeds' study chose: `langbridge demo --remedies`, remedies.md). Each (seed, activation) has its own "
-        "report in `seed-N/<activation>/report.md`.\n",
+        "Every seed's figures, test split unless said, with the paper's stage 1 (the demo's default stage 1 is the "
+        f"remedy chosen on seeds {', '.join(map(str, VALIDATION_SEEDS))}: `langbridge demo --remedies`, remedies.md). "
+        "Each (seed, activation) has its own report in `seed-N/<activation>/report.md`.\n",
         f"Decisions (the activation, which remedies to try and which to make the demo's default) were "
         f"made on seeds {', '.join(map(str, VALIDATION_SEEDS))} and their validation split only; the other seeds and "
         "the test split report.\n",
