@@ -54,12 +54,11 @@ def demo_command(args) -> int:
         raise LangBridgeUsageError(
             "--study and --remedies are separate runs; give one of them (each may take --seeds)."
         )
+    remedy_flags = stage1_remedy_flags()
     ignored = {
         "--seed": several and args.seed is not None,
         "--coefficient-activation": several and args.coefficient_activation is not None,
-        "--caption-word-loss": several and args.caption_word_loss is not None,
-        "--coefficient-spread-loss": several and args.coefficient_spread_loss is not None,
-        "--langbridge-pretrain-lr": several and args.langbridge_pretrain_lr is not None,
+        **{flag: several and getattr(args, name) is not None for flag, name in remedy_flags.items()},
         "--paper-stage-1": several and args.paper_stage_1,
     }
     for flag, refused in ignored.items():
@@ -79,11 +78,7 @@ def demo_command(args) -> int:
                 + (" (give its seeds with --seeds)." if flag == "--seed" else "; leave it out.")
             )
     if args.paper_stage_1:
-        for flag, name in (
-            ("--caption-word-loss", "caption_word_loss"),
-            ("--coefficient-spread-loss", "coefficient_spread_loss"),
-            ("--langbridge-pretrain-lr", "langbridge_pretrain_lr"),
-        ):
+        for flag, name in remedy_flags.items():
             if getattr(args, name) is not None:
                 raise LangBridgeUsageError(
                     f"--paper-stage-1 trains LangBridge's stage 1 with the caption loss alone at stage 1's rate; "
@@ -126,15 +121,20 @@ def demo_command(args) -> int:
     return 0
 
 
+def stage1_remedy_flags() -> dict[str, str]:
+    """The demo's flags that take LangBridge's stage 1 away from the paper's, by the setting each sets: the
+    coefficient losses (caption_words.LOSSES) and the stage-1 rate."""
+    from langbridge_training.caption_words import LOSSES as COEFFICIENT_LOSSES
+
+    return {"--" + name.replace("_", "-"): name for name in (*COEFFICIENT_LOSSES, "langbridge_pretrain_lr")}
+
+
 def demo_settings(args) -> dict:
     """The DemoSettings fields a single demo run's flags set: the seed, then --paper-stage-1's, then each flag given
     (DemoSettings' defaults, the study's remedy, for the rest)."""
-    from langbridge_training.caption_words import LOSSES as COEFFICIENT_LOSSES
     from langbridge_training.demo.experiment import PAPER_STAGE1, DemoSettings
 
-    given = {
-        name: getattr(args, name) for name in ("coefficient_activation", "langbridge_pretrain_lr", *COEFFICIENT_LOSSES)
-    }
+    given = {name: getattr(args, name) for name in ("coefficient_activation", *stage1_remedy_flags().values())}
     return (
         {"seed": DemoSettings.seed if args.seed is None else args.seed}
         | (PAPER_STAGE1 if args.paper_stage_1 else {})
